@@ -1,0 +1,3 @@
+"""Stripe claimable-sandbox webhook processor."""
+
+__version__ = "0.1.0"

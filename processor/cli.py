@@ -1,0 +1,48 @@
+"""`processor` command line: a thin layer that parses options and calls library functions.
+
+Each subcommand lives in the module that owns its feature and exposes `register(subparsers)`; the modules are
+listed in COMMAND_MODULES so adding a command is one line here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from processor.errors import ConfigError
+
+#: modules that define subcommands through `register(subparsers) -> None`
+COMMAND_MODULES = (
+    "processor.commands.db",
+    "processor.commands.dev",
+    "processor.commands.lifecycle",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="processor", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `processor` script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.handler(args)
+    except ConfigError as exc:
+        # a configuration mistake is the operator's to fix: name the variable, no traceback
+        print(f"processor: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

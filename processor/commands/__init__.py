@@ -1,0 +1,1 @@
+"""Subcommands of the `processor` CLI, one module per feature."""

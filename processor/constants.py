@@ -1,0 +1,46 @@
+"""Names and limits shared by every part of the processor, each with the reason for its value."""
+
+from __future__ import annotations
+
+# --- topics (ARCHITECTURE §7); the configured prefix is prepended by `Settings.topic()` ----------------------
+TOPIC_EVENTS = "stripe.events"
+TOPIC_DLQ = "stripe.events.dlq"
+TOPIC_TRANSITIONS = "sandbox.transitions"
+TOPIC_STATE = "sandbox.state"
+ALL_TOPICS = (TOPIC_EVENTS, TOPIC_DLQ, TOPIC_TRANSITIONS, TOPIC_STATE)
+
+#: consumer group of the lifecycle consumers
+GROUP_LIFECYCLE = "lifecycle"
+
+# --- record headers on stripe.events (ARCHITECTURE §4) -------------------------------------------------------
+H_EVENT_ID = "stripe.event-id"
+H_EVENT_TYPE = "stripe.event-type"
+H_OBJECT = "stripe.object"  # "v2.core.event" (thin) or "event" (v1 snapshot)
+H_RECEIVED_AT = "received-at"  # RFC 3339 UTC, when the ingress accepted the delivery
+H_SECRET_INDEX = "stripe.secret-index"  # noqa: S105 (a header name, not a secret); which configured secret verified it: the index, never the secret
+
+# --- DLQ headers (ARCHITECTURE §6) ---------------------------------------------------------------------------
+H_ERROR_CLASS = "error.class"
+H_ERROR_MESSAGE = "error.message"
+H_FAILED_AT = "failed-at"
+H_ATTEMPTS = "attempts"
+H_ORIGINAL_TOPIC = "original.topic"
+H_ORIGINAL_PARTITION = "original.partition"
+H_ORIGINAL_OFFSET = "original.offset"
+
+# --- Stripe ---------------------------------------------------------------------------------------------------
+STRIPE_API_VERSION = "2026-04-22.preview"
+#: Stripe retries failed deliveries for 3 days, so a 503 loses nothing; this is the hint we give it
+RETRY_AFTER_SECONDS = 5
+
+# --- limits ---------------------------------------------------------------------------------------------------
+#: Stripe events are a few KiB; 1 MiB leaves room for big snapshot events while bounding memory per request
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+#: Stripe's own libraries use 300 s; we also reject timestamps this far in the future
+DEFAULT_SIGNATURE_TOLERANCE_S = 300
+#: a publish that has not been acknowledged by then is answered 503 so Stripe retries
+DEFAULT_PUBLISH_TIMEOUT_S = 5.0
+#: Stripe allows 25 req/s in sandbox mode (100 in live mode)
+DEFAULT_STRIPE_MAX_RPS = 25.0
+#: partitions of each topic in the embedded PostgreSQL log; consumers in a group split these
+DEFAULT_EMBEDDED_PARTITIONS = 4

@@ -1,0 +1,30 @@
+"""Pick the event-log backend from the settings: Kafka when bootstrap servers are configured, else PostgreSQL."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from processor.database import Database
+from processor.eventlog.base import EventLog
+from processor.eventlog.kafka import KafkaEventLog
+from processor.eventlog.postgres import PostgresEventLog
+from processor.settings import Settings
+
+
+@contextlib.asynccontextmanager
+async def open_event_log(settings: Settings, database: Database | None = None) -> AsyncIterator[EventLog]:
+    """A started event log; the embedded backend uses `database` (or opens its own, migrated)."""
+    if not settings.embedded_log:
+        kafka = KafkaEventLog(settings.kafka_bootstrap_servers)
+        async with kafka:
+            yield kafka
+        return
+    async with contextlib.AsyncExitStack() as stack:
+        if database is None:
+            database = Database(settings)
+            await database.start(upgrade=True)
+            stack.push_async_callback(database.stop)
+        pg_log = PostgresEventLog(database.pool, partitions=settings.embedded_partitions)
+        async with pg_log:
+            yield pg_log
