@@ -3,15 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the claimable-sandbox classes exist only in the SDK's pre-release line; the emulator's fidelity checks run
+# against it in a venv of their own so the processor itself keeps the stable SDK
+SDK_VENV := .venv-sdkpreview
+SDK_STAMP := $(SDK_VENV)/.installed
 
-.PHONY: demo test lint typecheck unit venv kafka-jars bench clean
+.PHONY: demo test lint typecheck venv sdk-preview kafka-jars bench clean
 
 ## demo: set up and run the main job on the embedded default (no Kafka, private PostgreSQL)
 demo: venv
 	$(BIN)/processor demo
 
 ## test: set up everything on a fresh machine, then lint, type-check and run the whole test suite
-test: venv kafka-jars lint typecheck
+test: venv sdk-preview kafka-jars lint typecheck
 	$(BIN)/pytest -p no:cacheprovider
 
 venv: $(STAMP)
@@ -21,6 +25,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+sdk-preview: $(SDK_STAMP)
+
+$(SDK_STAMP):
+	test -x $(SDK_VENV)/bin/python || $(PYTHON) -m venv $(SDK_VENV)
+	$(SDK_VENV)/bin/python -m pip install --quiet 'stripe==16.1.0a4' 'starlette==1.10.0' 'uvicorn==0.54.0' \
+		'httpx==0.28.1' 'orjson==3.13.0' 'pytest==9.2.0' 'pytest-asyncio==1.5.0' pytest-timeout
+	touch $(SDK_STAMP)
 
 ## kafka-jars: fetch Apache Kafka from Maven Central once (cached under .cache/)
 kafka-jars: venv
@@ -36,4 +48,4 @@ bench: venv kafka-jars
 	$(BIN)/python bench/log_throughput.py
 
 clean:
-	rm -rf $(VENV) .cache var .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SDK_VENV) .cache var .mypy_cache .ruff_cache

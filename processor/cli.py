@@ -17,6 +17,8 @@ from processor.errors import ConfigError
 COMMAND_MODULES = (
     "processor.commands.db",
     "processor.commands.dev",
+    "processor.commands.emulator",
+    "processor.commands.ingress",
     "processor.commands.lifecycle",
 )
 

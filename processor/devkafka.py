@@ -155,7 +155,8 @@ class KafkaBroker:
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
-            "log.flush.interval.messages": "9223372036854775807",
+            # the ingress accepts bodies up to 1 MiB; leave room for headers and batch overhead
+            "message.max.bytes": str(2 * 1024 * 1024 + 1024),
         }
         path = self.workdir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))

@@ -1,0 +1,339 @@
+"""Ingress benchmark: signed Stripe deliveries over real HTTP at increasing concurrency, in one run, against
+
+  (a) the ingress (`processor ingress`) publishing to a real Kafka broker,
+  (b) a no-op Starlette endpoint (reads the body, answers 200) on the same uvicorn settings,
+  (c) the textbook handler of Stripe's samples: `stripe.Webhook.construct_event`, then a synchronous
+      produce-and-wait per request (what a Flask handler with kafka-python's `send(...).get()` does: the
+      worker handles nothing else until the broker acknowledged), same uvicorn settings and same producer
+      guarantees (idempotent, acks=all).
+
+Load comes from `wrk` (apt install wrk), which cycles through pre-signed requests, so the load generator
+costs little CPU next to the servers on a 2-core machine. Prints req/s and p50/p99 per target and level, the
+ratios a/b and a/c at each target's peak, and p99 of (a) at half of its peak rate.
+
+    .venv/bin/python bench/ingress.py                 # starts its own Kafka broker (jars from Maven Central)
+    .venv/bin/python bench/ingress.py --bootstrap 127.0.0.1:9092 --levels 1,8,32,64 --duration 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from processor.devkafka import KafkaBroker, free_port  # noqa: E402
+from processor.ingress.signature import sign  # noqa: E402
+
+SECRET = "whsec_bench_0123456789abcdef"
+PATH = "/webhooks/stripe"
+#: distinct pre-signed deliveries wrk cycles through (distinct ids and keys spread over partitions)
+DISTINCT = 500
+
+
+# --- the comparison servers (run as `bench/ingress.py serve KIND`) ----------------------------------------------
+def noop_app() -> object:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def webhook(request: Request) -> Response:
+        await request.body()
+        return Response(b'{"received":true}', media_type="application/json")
+
+    return Starlette(routes=[Route(PATH, webhook, methods=["POST"])])
+
+
+def textbook_app() -> object:
+    """Stripe's sample handler with a synchronous Kafka produce, as in kafka-python `send(...).get()`."""
+    import stripe
+    from aiokafka import AIOKafkaProducer
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    bootstrap, topic = os.environ["BENCH_BOOTSTRAP"], os.environ["BENCH_TOPIC"]
+    # a blocking producer, like kafka-python's: its I/O runs on a thread, the handler waits for each ack
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    async def make() -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+        await producer.start()
+        return producer
+
+    producer = asyncio.run_coroutine_threadsafe(make(), loop).result()
+
+    async def webhook(request: Request) -> Response:
+        payload = await request.body()
+        try:
+            event = stripe.Webhook.construct_event(payload, request.headers.get("stripe-signature"), SECRET)
+        except (ValueError, stripe.SignatureVerificationError):
+            return Response(status_code=400)
+        send = producer.send_and_wait(topic, value=payload, key=event.id.encode())
+        asyncio.run_coroutine_threadsafe(send, loop).result(timeout=10)  # synchronous, as in the samples
+        return Response(b'{"received":true}', media_type="application/json")
+
+    return Starlette(routes=[Route(PATH, webhook, methods=["POST"])])
+
+
+def uvicorn_options(workers: int) -> dict[str, object]:
+    """The server settings every target shares (also what `processor ingress` passes)."""
+    return {"workers": workers, "lifespan": "on", "log_config": None, "access_log": False}
+
+
+def serve(kind: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    factory = {"noop": "noop_app", "textbook": "textbook_app"}[kind]
+    sys.path.insert(0, str(Path(__file__).parent))
+    uvicorn.run(f"ingress:{factory}", factory=True, host="127.0.0.1", port=port, **uvicorn_options(workers))
+
+
+# --- driving ------------------------------------------------------------------------------------------------------
+@dataclass
+class Result:
+    target: str
+    connections: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def lua_script(directory: Path) -> Path:
+    """A wrk script cycling through DISTINCT signed v1 snapshot deliveries (signed now: valid for 300 s)."""
+    lines = ["local reqs = {}", "local n = 0", "function init(args)"]
+    for _ in range(DISTINCT):
+        event_id = f"evt_{uuid.uuid4().hex[:24]}"
+        body = orjson.dumps(
+            {
+                "id": event_id,
+                "object": "event",
+                "api_version": "2026-04-22.preview",
+                "created": int(time.time()),
+                "type": "account.application.authorized",
+                "account": f"acct_{uuid.uuid4().hex[:16]}",
+                "livemode": False,
+                "pending_webhooks": 1,
+                "request": {"id": None, "idempotency_key": None},
+                "data": {"object": {"id": "ca_bench", "object": "application", "name": "Bench App"}},
+            }
+        ).decode()
+        signature = sign(body.encode(), SECRET)
+        headers = f'{{["Content-Type"]="application/json",["Stripe-Signature"]="{signature}"}}'
+        lines.append(f'  n = n + 1; reqs[n] = wrk.format("POST", "{PATH}", {headers}, [==[{body}]==])')
+    lines += [
+        "  i = math.random(n)",
+        "end",
+        "function request() i = i % n + 1; return reqs[i] end",
+        "if os.getenv('BENCH_DELAY_MS') then",
+        "  local d = tonumber(os.getenv('BENCH_DELAY_MS'))",
+        "  function delay() return d end",
+        "end",
+    ]
+    path = directory / f"deliveries-{uuid.uuid4().hex[:6]}.lua"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+def run_wrk(
+    target: str, url: str, connections: int, duration: float, workdir: Path, delay_ms: float | None = None
+) -> Result:
+    script = lua_script(workdir)
+    env = dict(os.environ)
+    if delay_ms is not None:
+        env["BENCH_DELAY_MS"] = f"{delay_ms:.3f}"
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(round(duration), 1)}s",
+        "--latency",
+        "-s",
+        str(script),
+        url + PATH,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed: {done.stdout}{done.stderr}")
+    out = done.stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
+    script.unlink()
+    return Result(target, connections, rps, p50, p99, errors)
+
+
+def half_peak_run(name: str, url: str, target_rps: float, duration: float, workdir: Path) -> Result:
+    """Hold about `target_rps` with paced connections (wrk's per-connection delay), calibrated twice."""
+    connections = 16
+    delay_ms = connections * 1000 / target_rps
+    for _ in range(2):
+        probe = run_wrk(name, url, connections, 3, workdir, delay_ms=delay_ms)
+        # each connection cycles in delay + service time; keep the service time, fix the delay
+        service_ms = max(connections * 1000 / probe.rps - delay_ms, 0.0)
+        delay_ms = max(connections * 1000 / target_rps - service_ms, 0.0)
+    return run_wrk(name, url, connections, duration * 2, workdir, delay_ms=delay_ms)
+
+
+def wait_http(url: str, path: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + path, timeout=1).status_code < 500:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@contextlib.contextmanager
+def server(command: list[str], env: dict[str, str], url: str, probe: str, log: Path) -> Iterator[None]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(url, probe)
+        yield
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+async def create_topics(bootstrap: str, topics: list[str], partitions: int) -> None:
+    from processor.eventlog.kafka import KafkaEventLog
+
+    async with KafkaEventLog([bootstrap], default_partitions=partitions) as log:
+        await log.ensure_topics(topics)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bootstrap", help="an existing broker; default: start one")
+    parser.add_argument("--levels", default="1,4,16,64,128", help="concurrent connections per stage")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per stage")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of every target")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--log-level", default="INFO", help="the ingress's log level (its logs go to a file)")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("bench: needs wrk (apt-get install wrk)", file=sys.stderr)
+        return 2
+    levels = [int(x) for x in args.levels.split(",")]
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ingress-"))
+    broker = None
+    try:
+        bootstrap = args.bootstrap
+        if bootstrap is None:
+            broker = KafkaBroker(workdir / "kafka", heap="1g").start()
+            bootstrap = broker.bootstrap
+        prefix = f"bench{uuid.uuid4().hex[:6]}."
+        asyncio.run(create_topics(bootstrap, [f"{prefix}stripe.events", f"{prefix}textbook"], args.partitions))
+        base_env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        python = sys.executable
+        targets = {
+            "a ingress": (
+                [python, "-m", "processor", "ingress", "--workers", str(args.workers)],
+                {
+                    "STRIPE_WEBHOOK_SECRETS": SECRET,
+                    "PROCESSOR_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                    "PROCESSOR_TOPIC_PREFIX": prefix,
+                    "PROCESSOR_LOG_LEVEL": args.log_level,
+                },
+                "/readyz",
+            ),
+            "b noop": ([python, __file__, "serve", "noop", "--workers", str(args.workers)], {}, "/"),
+            "c textbook": (
+                [python, __file__, "serve", "textbook", "--workers", str(args.workers)],
+                {"BENCH_BOOTSTRAP": bootstrap, "BENCH_TOPIC": f"{prefix}textbook"},
+                "/",
+            ),
+        }
+        results: dict[str, list[Result]] = {}
+        for name, (command, extra, probe) in targets.items():
+            port = free_port()
+            env = {**base_env, **extra, "PROCESSOR_PORT": str(port)}
+            full = [*command, "--port", str(port)]
+            url = f"http://127.0.0.1:{port}"
+            with server(full, env, url, probe, workdir / f"{name.split()[1]}.log"):
+                run_wrk(name, url, 8, 2.0, workdir)  # warm-up: connections, JIT of the broker, metadata
+                results[name] = []
+                for connections in levels:
+                    result = run_wrk(name, url, connections, args.duration, workdir)
+                    results[name].append(result)
+                    print(
+                        f"{name:11} c={connections:<4} {result.rps:9.0f} req/s  p50 {result.p50_ms:7.2f} ms"
+                        f"  p99 {result.p99_ms:7.2f} ms  errors {result.errors}",
+                        flush=True,
+                    )
+                if name.startswith("a"):
+                    peak = max(results[name], key=lambda r: r.rps)
+                    half = half_peak_run(name, url, peak.rps / 2, args.duration, workdir)
+                    print(
+                        f"{name:11} at half peak (target {peak.rps / 2:.0f} req/s): {half.rps:.0f} req/s"
+                        f"  p50 {half.p50_ms:.2f} ms  p99 {half.p99_ms:.2f} ms  errors {half.errors}",
+                        flush=True,
+                    )
+                    results["a half"] = [half]
+        peaks = {name: max(rs, key=lambda r: r.rps) for name, rs in results.items() if name != "a half"}
+        a, b, c = peaks["a ingress"], peaks["b noop"], peaks["c textbook"]
+        half = results["a half"][0]
+        print()
+        print(
+            f"peak req/s: a={a.rps:.0f} (c={a.connections})  b={b.rps:.0f} (c={b.connections})"
+            f"  c={c.rps:.0f} (c={c.connections})"
+        )
+        print(f"a/b = {a.rps / b.rps:.2f} (target >= 0.7)   a/c = {a.rps / c.rps:.1f} (target >= 5)")
+        print(f"a at half peak: {half.rps:.0f} req/s, p99 {half.p99_ms:.2f} ms (target <= 20 ms)")
+        return 0
+    finally:
+        if broker is not None:
+            broker.destroy()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "serve":
+        options = argparse.ArgumentParser()
+        options.add_argument("serve")
+        options.add_argument("kind", choices=["noop", "textbook"])
+        options.add_argument("--workers", type=int, default=1)
+        options.add_argument("--port", type=int, required=True)
+        parsed = options.parse_args()
+        serve(parsed.kind, parsed.port, parsed.workers)
+    else:
+        raise SystemExit(main())

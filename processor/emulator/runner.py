@@ -1,0 +1,78 @@
+"""Run the emulator inside the current event loop (tests, the demo) on a free port of 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from datetime import timedelta
+
+import uvicorn
+
+from processor.emulator.app import build_app
+from processor.emulator.config import EmulatorConfig, Knobs
+from processor.emulator.state import EmulatorState
+from processor.emulator.webhooks import Attempt, Endpoint
+
+
+@dataclass
+class RunningEmulator:
+    """Handle on an emulator started by `running_emulator`: where it is and how to steer it from Python."""
+
+    base_url: str
+    api_key: str
+    state: EmulatorState
+
+    def add_webhook_endpoint(
+        self, url: str, secret: str | None = None, enabled_events: frozenset[str] = frozenset()
+    ) -> Endpoint:
+        return self.state.add_webhook_endpoint(url, secret, enabled_events)
+
+    def roll_secret(self, endpoint_id: str, expires_in: timedelta, new_secret: str | None = None) -> Endpoint:
+        return self.state.deliverer.roll_secret(endpoint_id, expires_in, new_secret)
+
+    def set_knobs(self, **changes: object) -> Knobs:
+        return self.state.set_knobs(**changes)
+
+    def advance_clock(self, delta: timedelta) -> int:
+        return self.state.advance_clock(delta)
+
+    def attempts(self, event_id: str | None = None) -> list[Attempt]:
+        return self.state.deliverer.attempts(event_id=event_id)
+
+    async def wait_for_deliveries(self, within_s: float = 30.0) -> None:
+        """Return once every scheduled webhook (with retries) is done; TimeoutError after `within_s`."""
+        await self.state.deliverer.wait_idle(within_s)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@asynccontextmanager
+async def running_emulator(config: EmulatorConfig | None = None) -> AsyncIterator[RunningEmulator]:
+    """Start the emulator with uvicorn in this event loop; stop it (and its deliveries) on exit."""
+    config = config or EmulatorConfig()
+    if config.port == 0:
+        config = replace(config, port=_free_port(config.host))
+    state = EmulatorState(config)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_app(state), host=config.host, port=config.port, log_level="warning", lifespan="on"
+        )
+    )
+    task = asyncio.get_running_loop().create_task(server.serve(), name="emulator server")
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # re-raises why the server could not start
+                raise RuntimeError("the emulator server stopped before it started")
+            await asyncio.sleep(0.01)
+        yield RunningEmulator(f"http://{config.host}:{config.port}", config.api_keys[0], state)
+    finally:
+        server.should_exit = True
+        await task

@@ -1,0 +1,212 @@
+"""The webhook front door: verify a Stripe delivery, make it durable in the event log, then answer.
+
+Answers (ARCHITECTURE §4): 200 only after `log.publish` returned; 400 for a missing, malformed or
+non-matching signature, a timestamp outside the tolerance (past or future), a body that is not a JSON event;
+408 when the body does not arrive within the read deadline (a slow-loris client holds no worker for long;
+Stripe treats 408 like any failure and retries); 413 over the body limit; 503 with Retry-After when the log
+is unavailable or too slow. Error bodies are `{"error": "<reason code>"}` and never echo input or secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from processor import constants as c
+from processor.errors import ConfigError, LogUnavailable, SignatureError
+from processor.eventlog.base import EventLog
+from processor.ingress.envelope import EnvelopeError, parse_envelope
+from processor.ingress.metrics import IngressMetrics
+from processor.ingress.signature import Verifier, parse_header
+from processor.settings import Settings
+
+#: a whole body must arrive within this many seconds; Stripe sends a few KiB at once
+DEFAULT_BODY_TIMEOUT_S = 10.0
+
+ACCEPTED = "accepted"
+TOO_LARGE = "body_too_large"
+BODY_TIMEOUT = "body_timeout"
+BAD_LENGTH = "invalid_content_length"
+DISCONNECTED = "client_disconnected"
+PUBLISH_TIMEOUT = "publish_timeout"
+LOG_UNAVAILABLE = "log_unavailable"
+
+_logger = logging.getLogger("processor.ingress")
+_JSON = "application/json"
+
+
+class _Rejected(Exception):
+    """Ends a delivery early with `status` and reason `code`."""
+
+    def __init__(self, status: int, code: str, *, close: bool = False) -> None:
+        super().__init__(code)
+        self.status = status
+        self.code = code
+        # for a client too slow to finish its body; after a 413 uvicorn discards the rest of the body
+        # without buffering it, so the client still reads its answer instead of a connection reset
+        self.close = close
+
+
+def _error(status: int, code: str, *, close: bool = False) -> Response:
+    headers = {"Connection": "close"} if close else {}
+    if status == 503:
+        headers["Retry-After"] = str(c.RETRY_AFTER_SECONDS)
+    return Response(b'{"error":"%s"}' % code.encode(), status, headers, _JSON)
+
+
+def _rfc3339(epoch: float) -> bytes:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z").encode()
+
+
+class Ingress:
+    """The request handlers of one app, bound to its settings, log and metrics."""
+
+    def __init__(self, settings: Settings, log: EventLog | None, body_timeout_s: float) -> None:
+        self.settings = settings
+        self.log = log
+        self.topic = settings.topic(c.TOPIC_EVENTS)
+        self.verifier = Verifier([s.reveal() for s in settings.stripe_webhook_secrets], settings.signature_tolerance_s)
+        self.metrics = IngressMetrics()
+        self.body_timeout_s = body_timeout_s
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, refusing more than the limit while reading and giving up after the read deadline."""
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise _Rejected(400, BAD_LENGTH, close=True)
+            if int(declared) > limit:
+                raise _Rejected(413, TOO_LARGE)
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:  # chunked or lying about its length
+                        raise _Rejected(413, TOO_LARGE)
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise _Rejected(408, BODY_TIMEOUT, close=True) from None
+        except ClientDisconnect:
+            raise _Rejected(400, DISCONNECTED, close=True) from None
+        return b"".join(chunks)
+
+    async def webhook(self, request: Request) -> Response:
+        """POST /webhooks/stripe."""
+        started = time.perf_counter()
+        event_id = event_type = None
+        size = 0
+        try:
+            # the header first: a request without a usable signature costs no body read
+            header = parse_header(request.headers.get("stripe-signature"))
+            body = await self._read_body(request)
+            size = len(body)
+            secret_index = self.verifier.verify(body, header)
+            envelope = parse_envelope(body)
+            event_id, event_type = envelope.id, envelope.type
+            await self._publish(body, envelope.key, envelope.id, envelope.type, envelope.object, secret_index)
+        except SignatureError as exc:
+            outcome, response = exc.code, _error(400, exc.code)
+        except EnvelopeError as exc:
+            outcome, response = exc.code, _error(400, exc.code)
+        except _Rejected as exc:
+            outcome, response = exc.code, _error(exc.status, exc.code, close=exc.close)
+        else:
+            outcome, response = ACCEPTED, Response(b'{"received":true}', 200, media_type=_JSON)
+        elapsed = time.perf_counter() - started
+        self.metrics.observe(outcome, event_type, elapsed, size)
+        level = logging.INFO if outcome == ACCEPTED else logging.WARNING
+        if _logger.isEnabledFor(level):
+            fields = {
+                "event_id": event_id,
+                "event_type": event_type,
+                "outcome": outcome,
+                "status": response.status_code,
+                "bytes": size,
+                "ms": round(elapsed * 1000, 3),
+            }
+            _logger.log(level, "webhook delivery", extra={"fields": fields})
+        return response
+
+    async def _publish(
+        self, body: bytes, key: str, event_id: str, event_type: str, kind: str, secret_index: int
+    ) -> None:
+        """Append the raw body to the events topic; return only once the log acknowledged it."""
+        if self.log is None:
+            raise _Rejected(503, LOG_UNAVAILABLE)
+        headers = (
+            (c.H_EVENT_ID, event_id.encode()),
+            (c.H_EVENT_TYPE, event_type.encode()),
+            (c.H_OBJECT, kind.encode()),
+            (c.H_RECEIVED_AT, _rfc3339(time.time())),
+            (c.H_SECRET_INDEX, b"%d" % secret_index),
+        )
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout_s):
+                await self.log.publish(self.topic, key.encode(), body, headers)
+        except TimeoutError:
+            raise _Rejected(503, PUBLISH_TIMEOUT) from None
+        except LogUnavailable:
+            raise _Rejected(503, LOG_UNAVAILABLE) from None
+        except Exception as exc:  # any producer failure: Stripe retries, nothing is acknowledged
+            _logger.error("publish failed", extra={"fields": {"event_id": event_id, "error": type(exc).__name__}})
+            raise _Rejected(503, LOG_UNAVAILABLE) from exc
+
+    async def healthz(self, request: Request) -> Response:
+        """Process alive."""
+        return Response(b'{"status":"ok"}', media_type=_JSON)
+
+    async def readyz(self, request: Request) -> Response:
+        """Ready while the log producer is connected."""
+        if self.log is not None and self.log.healthy():
+            return Response(b'{"status":"ready"}', media_type=_JSON)
+        return Response(b'{"status":"unavailable"}', 503, {"Retry-After": str(c.RETRY_AFTER_SECONDS)}, _JSON)
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        """Prometheus text exposition."""
+        return Response(self.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def build_app(
+    settings: Settings, log: EventLog | None = None, *, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+) -> Starlette:
+    """The ingress app. With `log` the caller owns it; without, the lifespan opens one from settings."""
+    if not settings.stripe_webhook_secrets:
+        raise ConfigError("STRIPE_WEBHOOK_SECRETS", "the ingress needs at least one webhook signing secret")
+    ingress = Ingress(settings, log, body_timeout_s)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if log is not None:
+            yield
+            return
+        from processor.eventlog import open_event_log
+
+        # leaving this block (after uvicorn finished in-flight requests) flushes and stops the producer
+        async with open_event_log(settings) as owned:
+            ingress.log = owned
+            try:
+                yield
+            finally:
+                ingress.log = None
+
+    routes = [
+        Route("/webhooks/stripe", ingress.webhook, methods=["POST"]),
+        Route("/healthz", ingress.healthz, methods=["GET"]),
+        Route("/readyz", ingress.readyz, methods=["GET"]),
+        Route("/metrics", ingress.metrics_endpoint, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.ingress = ingress
+    return app

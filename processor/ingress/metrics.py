@@ -1,0 +1,70 @@
+"""Prometheus metrics of one ingress app, in a registry of its own so several apps can live in one process.
+
+With several worker processes, set PROMETHEUS_MULTIPROC_DIR (the `processor ingress` command does) and
+`/metrics` aggregates every worker's values instead of showing whichever worker answered the scrape.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+#: label value for deliveries rejected before their event type was known
+UNKNOWN_TYPE = "unknown"
+
+#: webhook answers should take milliseconds; the top buckets catch a slow log up to the publish timeout
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class IngressMetrics:
+    """Deliveries by outcome and event type, answer latency, and bytes received."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.deliveries = Counter(
+            "processor_ingress_deliveries",
+            "Webhook deliveries answered, by outcome (accepted or a rejection reason) and event type",
+            ("outcome", "event_type"),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "processor_ingress_latency_seconds",
+            "Time from request start to the answer of POST /webhooks/stripe",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.bytes = Counter("processor_ingress_bytes", "Webhook body bytes read", registry=self.registry)
+
+    def observe(self, outcome: str, event_type: str | None, seconds: float, size: int) -> None:
+        """Record one answered delivery."""
+        self.deliveries.labels(outcome, event_type or UNKNOWN_TYPE).inc()
+        self.latency.observe(seconds)
+        if size:
+            self.bytes.inc(size)
+
+    def exposition(self) -> bytes:
+        """The text format for `/metrics`: this app's values, or all workers' in multiprocess mode."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)
