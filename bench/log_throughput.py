@@ -164,7 +164,7 @@ async def main() -> None:
     args = parser.parse_args()
     value = os.urandom(args.size // 2).hex().encode()[: args.size]
     workdir = Path(tempfile.mkdtemp(prefix="bench-log-"))
-    os.chmod(workdir, 0o755)  # the embedded PostgreSQL runs as an unprivileged user when we are root
+    os.chmod(workdir, 0o755)  # noqa: S103 the embedded PostgreSQL runs as an unprivileged user when we are root
     print(f"{args.records:,} records of {len(value)} bytes, {PARTITIONS} partitions, {os.cpu_count()} cores")
     try:
         if args.backend in ("kafka", "both"):

@@ -15,11 +15,20 @@ from processor.errors import ConfigError
 
 #: modules that define subcommands through `register(subparsers) -> None`
 COMMAND_MODULES = (
+    "processor.commands.consume",
     "processor.commands.db",
+    "processor.commands.demo",
     "processor.commands.dev",
     "processor.commands.emulator",
     "processor.commands.ingress",
     "processor.commands.lifecycle",
+    "processor.commands.run",
+    "processor.commands.relay",
+    "processor.commands.topics",
+    "processor.commands.sandbox",
+    "processor.commands.replay",
+    "processor.commands.reconcile",
+    "processor.commands.dlq",
 )
 
 

@@ -32,12 +32,8 @@ def load_or_create(data_dir: Path) -> LocalSecrets:
     values: dict[str, str] = {}
     if path.exists():
         values = json.loads(path.read_text())
-    wanted = {
-        "signing_key": lambda: secrets.token_urlsafe(32),
-        "api_token": lambda: "pat_" + secrets.token_urlsafe(24),
-        "webhook_secret": lambda: "whsec_" + secrets.token_urlsafe(24),
-    }
-    missing = {name: make() for name, make in wanted.items() if name not in values}
+    wanted = {"signing_key": "", "api_token": "pat_", "webhook_secret": "whsec_"}
+    missing = {name: prefix + secrets.token_urlsafe(32) for name, prefix in wanted.items() if name not in values}
     if missing:
         values.update(missing)
         data_dir.mkdir(parents=True, exist_ok=True)

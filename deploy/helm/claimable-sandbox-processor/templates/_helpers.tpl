@@ -1,0 +1,76 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "processor.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "processor.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains (include "processor.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "processor.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "processor.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "processor.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: claimable-sandbox-processor
+{{- end -}}
+
+{{/* Selector labels of one component: call with (dict "root" $ "component" "ingress"). */}}
+{{- define "processor.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "processor.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "processor.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "processor.secretName" -}}
+{{- default (printf "%s-secrets" (include "processor.fullname" .)) .Values.secrets.name -}}
+{{- end -}}
+
+{{- define "processor.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "processor.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Environment of every processor container: settings from the ConfigMap, secrets from the Secret. */}}
+{{- define "processor.envFrom" -}}
+- configMapRef:
+    name: {{ include "processor.fullname" . }}-config
+- secretRef:
+    name: {{ include "processor.secretName" . }}
+{{- end -}}
+
+{{/* Pod annotations that roll the pods when the chart-managed config or secret changes. */}}
+{{- define "processor.checksums" -}}
+checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
+{{- if .Values.secrets.create }}
+checksum/secrets: {{ include (print $.Template.BasePath "/secret.yaml") . | sha256sum }}
+{{- end }}
+{{- end -}}
+
+{{- define "processor.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+{{- end -}}
+
+{{/* The topic specs from processor/topics.py (files/topics.yaml is generated; tests/deploy checks it). */}}
+{{- define "processor.topics" -}}
+{{- (.Files.Get "files/topics.yaml" | fromYaml).topics | toJson -}}
+{{- end -}}

@@ -1,0 +1,41 @@
+"""`processor consume`: the lifecycle consumer (and, unless --no-relay, the outbox relay) in one process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from dataclasses import replace
+
+from processor.consumer import ConsumerOptions
+from processor.settings import Settings
+from processor.worker import WorkerOptions, serve_worker
+
+_DEFAULT_BATCH = ConsumerOptions().batch_size
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("consume", help="drive sandboxes through their lifecycle from stripe.events")
+    parser.add_argument("--no-relay", action="store_true", help="do not run the outbox relay in this process")
+    parser.add_argument(
+        "--health-port",
+        type=int,
+        default=None,
+        help="serve /healthz, /readyz and /metrics on this port (0 = any free port)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=_DEFAULT_BATCH, help=f"records per batch (default {_DEFAULT_BATCH})"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    options = WorkerOptions(
+        relay=not args.no_relay,
+        health_port=args.health_port,
+        consumer=replace(ConsumerOptions(), batch_size=max(1, args.batch_size)),
+    )
+    asyncio.run(serve_worker(settings, options))
+    return 0

@@ -1,0 +1,138 @@
+"""`processor dlq list|show|purge`: the dead-letter topic. A purge asks for confirmation (or --yes)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+
+import orjson
+
+from processor.operations import dlq as dlq_ops
+from processor.operations.session import ops_session
+from processor.settings import Settings
+
+
+def _filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--error-class", help="only records with this error.class")
+    parser.add_argument("--event-type", help="only events of this type")
+    parser.add_argument("--sandbox", help="only events of this sandbox")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("dlq", help="list, show and purge dead-lettered events")
+    commands = parser.add_subparsers(dest="dlq_command", required=True)
+    listing = commands.add_parser("list", help="open dead-lettered events (replayed/purged ones hidden)")
+    _filters(listing)
+    listing.add_argument("--all", action="store_true", help="include replayed and purged records")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.set_defaults(handler=_list)
+    show = commands.add_parser("show", help="one dead-lettered record in full")
+    show.add_argument("coordinate", metavar="PARTITION:OFFSET")
+    show.set_defaults(handler=_show)
+    purge = commands.add_parser("purge", help="resolve dead-lettered events without replaying them")
+    _filters(purge)
+    purge.add_argument("coordinates", nargs="*", metavar="PARTITION:OFFSET", help="only these records")
+    purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    purge.set_defaults(handler=_purge)
+
+
+def _where(args: argparse.Namespace) -> dlq_ops.DlqFilter:
+    return dlq_ops.DlqFilter(args.error_class, args.event_type, args.sandbox)
+
+
+def _list(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+
+    async def go() -> list[dlq_ops.DlqEntry]:
+        async with ops_session(settings) as ops:
+            return await dlq_ops.list_dlq(
+                settings, ops.log, ops.db, _where(args), include_resolved=args.all, limit=args.limit
+            )
+
+    for entry in asyncio.run(go()):
+        if args.json:
+            print(orjson.dumps(entry.summary()).decode())
+        else:
+            mark = f"  [{entry.resolution}]" if entry.resolution else ""
+            print(
+                f"{entry.coordinate:<10} {entry.event_id}  {entry.event_type}  {entry.sandbox_id}"
+                f"  {entry.error_class}: {entry.error_message}{mark}"
+            )
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    try:
+        dlq_ops.parse_coordinate(args.coordinate)
+    except ValueError as exc:
+        print(f"processor dlq: {exc}", file=sys.stderr)
+        return 2
+
+    async def go() -> dlq_ops.DlqEntry | None:
+        async with ops_session(settings) as ops:
+            return await dlq_ops.show_dlq(settings, ops.log, ops.db, args.coordinate)
+
+    entry = asyncio.run(go())
+    if entry is None:
+        print(f"processor dlq: no record at {args.coordinate}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(entry.detail(), option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def confirm(prompt: str, ask: Callable[[str], str] = input) -> bool:
+    """True when the operator types yes; False on anything else or without a terminal."""
+    if not sys.stdin.isatty():
+        return False
+    try:
+        return ask(prompt).strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def _purge(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    where = _where(args)
+    try:
+        wanted = {dlq_ops.parse_coordinate(c) for c in args.coordinates}
+    except ValueError as exc:
+        print(f"processor dlq: {exc}", file=sys.stderr)
+        return 2
+
+    async def count() -> int:
+        async with ops_session(settings) as ops:
+            entries = await dlq_ops.list_dlq(settings, ops.log, ops.db, where)
+        return sum(1 for e in entries if not wanted or (e.record.partition, e.record.offset) in wanted)
+
+    matching = asyncio.run(count())
+    if matching == 0:
+        print("nothing to purge")
+        return 0
+    kafka = bool(settings.kafka_bootstrap_servers)
+    how = (
+        ("marked as resolved (Kafka cannot delete single records; they stay on the topic, hidden from `dlq list`)")
+        if kafka
+        else "deleted from the PostgreSQL log"
+    )
+    if not args.yes and not confirm(f"purge {matching} dead-lettered event(s)? They will be {how}. [y/N] "):
+        print("processor dlq: purge not confirmed (type y, or pass --yes)", file=sys.stderr)
+        return 1
+
+    async def purge() -> dlq_ops.PurgeReport:
+        async with ops_session(settings) as ops:
+            return await dlq_ops.purge_dlq(settings, ops.log, ops.db, where, coordinates=args.coordinates)
+
+    result = asyncio.run(purge())
+    print(
+        f"purged {result.purged} record(s): "
+        + (
+            "deleted from the PostgreSQL log"
+            if result.deleted
+            else "marked as resolved (Kafka keeps them until retention)"
+        )
+    )
+    return 0

@@ -1,0 +1,334 @@
+"""The lifecycle consumer: group `lifecycle` on stripe.events, driving every sandbox through its states.
+
+Per batch: parse, dedupe by event id (in the batch, then against processed_events), group observations by
+sandbox, fetch each sandbox ONCE (rate-limited, retried), decide, apply everything in one DB transaction,
+dead-letter the poison, and only then commit the offsets. A retriable failure (Stripe 429/5xx, database down)
+pauses the affected partitions, rewinds them to the batch start and retries after a backoff; the other
+partitions keep flowing. Nothing is dead-lettered for a retriable failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from processor import constants as c
+from processor.applier import Applier, Observation
+from processor.database import Database
+from processor.dlq import dlq_record
+from processor.errors import CommitRejected, PoisonEvent, ProcessorError, StripeError
+from processor.eventlog.base import EventLog, LogConsumer, Record, TopicPartition
+from processor.inbound import Action, Inbound, MalformedEvent, parse
+from processor.lifecycle import observed_state
+from processor.settings import Settings
+from processor.stripe_client import StripeApi, backoff_delay
+from processor.worker_metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+
+class SandboxNotFound(PoisonEvent):
+    """Stripe does not know the sandbox an event names (404), even after a few tries."""
+
+    code = "sandbox_not_found"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerOptions:
+    """Tuning of one consumer; the defaults suit one process on a small machine."""
+
+    #: records per poll: bigger batches coalesce more fetches per sandbox and amortise the transaction
+    batch_size: int = 2000
+    poll_timeout_s: float = 0.5
+    #: Stripe fetches in flight at once (the token bucket still caps the rate)
+    fetch_concurrency: int = 256
+    #: a 404 right after an event can be replication lag on Stripe's side: try this often before giving up
+    not_found_attempts: int = 3
+    not_found_delay_s: float = 0.3
+    #: backoff of a paused partition after a retriable failure: base * 2**(n-1) with jitter, capped
+    retry_base_s: float = 0.5
+    retry_max_s: float = 30.0
+    #: how often the lag gauge is refreshed
+    lag_interval_s: float = 15.0
+
+
+class LifecycleConsumer:
+    """One member of the lifecycle group. `await LifecycleConsumer(...).run(stop_event)`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        log_: EventLog,
+        database: Database,
+        stripe: StripeApi,
+        *,
+        metrics: WorkerMetrics | None = None,
+        options: ConsumerOptions | None = None,
+        outbox_signal: asyncio.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.log = log_
+        self.stripe = stripe
+        self.metrics = metrics or WorkerMetrics()
+        self.options = options or ConsumerOptions()
+        self.outbox_signal = outbox_signal
+        self.topic = settings.topic(c.TOPIC_EVENTS)
+        #: the topic prefix namespaces an environment, so it namespaces the group too
+        self.group = settings.topic(c.GROUP_LIFECYCLE)
+        self.dlq_topic = settings.topic(c.TOPIC_DLQ)
+        self.applier = Applier(database.pool, settings.topic(c.TOPIC_TRANSITIONS), settings.topic(c.TOPIC_STATE))
+        self._fetch_slots = asyncio.Semaphore(self.options.fetch_concurrency)
+        self._attempts: dict[TopicPartition, int] = {}
+        self._resume_at: dict[TopicPartition, float] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._consumer: LogConsumer | None = None
+        #: monotonic time the loop last made progress (liveness)
+        self.last_beat = time.monotonic()
+        self.batches = 0
+
+    def alive(self, within_s: float = 120.0) -> bool:
+        """True while the loop is turning (a stuck loop fails /healthz and gets restarted)."""
+        return time.monotonic() - self.last_beat < within_s
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set; then finish the batch in hand, commit, and leave the group."""
+        consumer = self.log.consumer(self.group, [self.topic])
+        lag_task: asyncio.Task[None] | None = None
+        async with consumer:
+            self._consumer = consumer
+            lag_task = asyncio.create_task(self._watch_lag(stop), name="consumer-lag")
+            try:
+                while not stop.is_set():
+                    self.last_beat = time.monotonic()
+                    self._resume_due(consumer)
+                    records = await consumer.poll(self.options.batch_size, self.options.poll_timeout_s)
+                    if records:
+                        await self.handle(consumer, records)
+            finally:
+                lag_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await lag_task
+                self._consumer = None
+        log.info("lifecycle consumer stopped after %d batches", self.batches)
+
+    # --- one batch -----------------------------------------------------------------------------------------
+    async def handle(self, consumer: LogConsumer, records: Sequence[Record]) -> None:
+        """Process one polled batch and commit it, or rewind the partitions that must be retried."""
+        self.batches += 1
+        first: dict[TopicPartition, int] = {}
+        for record in records:
+            first.setdefault(record.tp, record.offset)
+        try:
+            failed = await self._process(records)
+        except Exception as exc:  # a failure of the whole batch (database, log): retry all of its partitions
+            await self._retry_later(consumer, first, exc)
+            return
+        if failed:
+            await self._retry_later(consumer, {tp: first[tp] for tp in failed}, failed[next(iter(failed))])
+        offsets: dict[TopicPartition, int] = {}
+        for record in records:
+            if record.tp not in failed:
+                offsets[record.tp] = record.offset + 1
+        try:
+            await consumer.commit(offsets)
+        except CommitRejected as exc:
+            # the partitions moved to another member, which reads them again from the last commit: the
+            # effects are already in the database, so that redelivery is a no-op
+            log.warning("offsets not committed: %s", exc)
+            return
+        self._committed.update(offsets)
+        for tp in offsets:
+            self._attempts.pop(tp, None)
+
+    async def _process(self, records: Sequence[Record]) -> dict[TopicPartition, Exception]:
+        """Apply a batch; returns the partitions that hit a retriable error (their records are not applied)."""
+        events: list[Inbound] = []
+        poison: list[tuple[Record, PoisonEvent]] = []
+        seen: set[str] = set()
+        duplicates = ignored = 0
+        for record in records:
+            try:
+                event = parse(record)
+            except MalformedEvent as exc:
+                poison.append((record, exc))
+                continue
+            if event.event_id in seen:
+                duplicates += 1
+                continue
+            seen.add(event.event_id)
+            if event.action is Action.IGNORE:
+                ignored += 1
+                log.debug("ignoring event %s of type %s", event.event_id, event.type)
+                continue
+            events.append(event)
+        done = await self.applier.already_processed([e.event_id for e in events])
+        duplicates += sum(1 for e in events if e.event_id in done)
+        events = [e for e in events if e.event_id not in done]
+
+        by_sandbox: dict[str, list[Inbound]] = defaultdict(list)
+        for event in events:
+            if event.action is Action.OBSERVE:
+                by_sandbox[str(event.sandbox_id)].append(event)
+        fetched = await asyncio.gather(
+            *(self._observe(sid, evs) for sid, evs in by_sandbox.items()), return_exceptions=True
+        )
+        failed: dict[TopicPartition, Exception] = {}
+        observations: list[Observation] = []
+        for (sandbox_id, evs), outcome in zip(by_sandbox.items(), fetched, strict=True):
+            if isinstance(outcome, Observation):
+                observations.append(outcome)
+            elif isinstance(outcome, PoisonEvent):
+                poison.extend((e.record, outcome) for e in evs)
+            elif isinstance(outcome, Exception):
+                log.warning("fetching sandbox %s failed, will retry: %s", sandbox_id, outcome)
+                for event in evs:
+                    failed.setdefault(event.record.tp, outcome)
+            else:  # CancelledError and friends are not ours to swallow
+                raise outcome
+        if failed:
+            # Everything that succeeded is still applied (its redelivery is then a cheap duplicate), so a retry
+            # only re-fetches the sandboxes that failed: under a high error rate the partition makes progress
+            # instead of needing every fetch of a batch to succeed at once. The offsets of a failed partition
+            # are not committed, and its poison waits for the retry so it is dead-lettered only once.
+            poison = [(r, exc) for r, exc in poison if r.tp not in failed]
+            duplicates = ignored = 0  # recounted when the partition is read again
+        notices = [e for e in events if e.action is Action.NOTICE]
+        accounts = [e for e in events if e.action is Action.ACCOUNT]
+        result = await self.applier.apply(observations, notices, accounts)
+        poison.extend((event.record, error) for event, error in result.poison if event.record.tp not in failed)
+        if poison:
+            await self.log.publish_many(
+                [
+                    dlq_record(
+                        self.dlq_topic,
+                        record,
+                        error,
+                        self._attempts.get(record.tp, 0) + 1
+                        if not isinstance(error, SandboxNotFound)
+                        else self.options.not_found_attempts,
+                    )
+                    for record, error in poison
+                ]
+            )
+            for record, error in poison:
+                log.warning(
+                    "dead-lettered %s/%d@%d: %s: %s", record.topic, record.partition, record.offset, error.code, error
+                )
+                self.metrics.dlq.labels(error_class=error.code).inc()
+        self._count(result.outcomes, duplicates, ignored, len(poison))
+        for state, count in result.transitions.items():
+            self.metrics.transitions.labels(to_state=state).inc(count)
+        if result.outbox_rows and self.outbox_signal is not None:
+            self.outbox_signal.set()
+        return failed
+
+    async def _observe(self, sandbox_id: str, events: list[Inbound]) -> Observation:
+        """Fetch the sandbox once for all its events and read its lifecycle state."""
+        newest = max(events, key=lambda e: (e.created, e.record.offset))
+        async with self._fetch_slots:
+            for attempt in range(1, self.options.not_found_attempts + 1):
+                try:
+                    sandbox = await self.stripe.retrieve_sandbox(sandbox_id, newest.account)
+                    break
+                except StripeError as exc:
+                    if exc.status not in (400, 404):
+                        raise
+                    if attempt == self.options.not_found_attempts:
+                        raise SandboxNotFound(
+                            f"sandbox {sandbox_id} not found after {attempt} attempts: {exc}"
+                        ) from exc
+                    await asyncio.sleep(self.options.not_found_delay_s * 2 ** (attempt - 1))
+        return Observation(sandbox_id, events, sandbox, observed_state(sandbox))
+
+    def _count(self, outcomes: dict[str, int], duplicates: int, ignored: int, dead: int) -> None:
+        for outcome, count in outcomes.items():
+            self.metrics.events.labels(outcome=outcome).inc(count)
+        if duplicates:
+            self.metrics.events.labels(outcome="duplicate").inc(duplicates)
+        if ignored:
+            self.metrics.events.labels(outcome="ignored").inc(ignored)
+        if dead:
+            self.metrics.events.labels(outcome="dead_lettered").inc(dead)
+
+    # --- retries ---------------------------------------------------------------------------------------------
+    async def _retry_later(self, consumer: LogConsumer, rewind: dict[TopicPartition, int], error: Exception) -> None:
+        """Pause each partition, rewind it to `rewind[tp]`, and resume it after its backoff."""
+        code = error.code if isinstance(error, ProcessorError) else type(error).__name__
+        if not isinstance(error, ProcessorError) or not error.retriable:
+            # not marked retriable but not poison either (a bug, a bad API key): retry rather than lose events
+            log.error("batch failed with %s; its partitions are retried", code, exc_info=error)
+        for tp, offset in rewind.items():
+            attempt = self._attempts[tp] = self._attempts.get(tp, 0) + 1
+            delay = max(
+                self.options.retry_base_s / 2,
+                backoff_delay(attempt, self.options.retry_base_s, self.options.retry_max_s),
+            )
+            consumer.pause(tp)
+            await consumer.seek(tp, offset)
+            self._resume_at[tp] = time.monotonic() + delay
+            self.metrics.retries.labels(error_class=code).inc()
+            log.warning(
+                "partition %s/%d paused for %.1fs (attempt %d) after %s: %s",
+                tp.topic,
+                tp.partition,
+                delay,
+                attempt,
+                code,
+                error,
+            )
+
+    def _resume_due(self, consumer: LogConsumer) -> None:
+        now = time.monotonic()
+        due = [tp for tp, at in self._resume_at.items() if at <= now]
+        for tp in due:
+            del self._resume_at[tp]
+        if due:
+            consumer.resume(*due)
+
+    # --- lag -------------------------------------------------------------------------------------------------
+    async def _watch_lag(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Exception):  # a gauge must never take the consumer down
+                await self._update_lag()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.options.lag_interval_s)
+
+    async def _update_lag(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        ends = await self.log.end_offsets(self.topic)
+        lag = 0
+        for tp in consumer.assignment():
+            committed = self._committed.get(tp)
+            if committed is None:
+                committed = await consumer.committed(tp) or 0
+            lag += max(0, ends.get(tp, 0) - committed)
+        self.metrics.lag.set(lag)
+
+
+async def run_consumer(
+    settings: Settings,
+    log_: EventLog,
+    db: Database,
+    stop_event: asyncio.Event,
+    *,
+    stripe: StripeApi | None = None,
+    metrics: WorkerMetrics | None = None,
+    options: ConsumerOptions | None = None,
+    outbox_signal: asyncio.Event | None = None,
+) -> None:
+    """Run one lifecycle consumer until `stop_event` is set (library entry point for `processor run`)."""
+    metrics = metrics or WorkerMetrics()
+    async with contextlib.AsyncExitStack() as stack:
+        if stripe is None:
+            stripe = await stack.enter_async_context(StripeApi(settings, on_response=metrics.observe_stripe))
+        consumer = LifecycleConsumer(
+            settings, log_, db, stripe, metrics=metrics, options=options, outbox_signal=outbox_signal
+        )
+        await consumer.run(stop_event)

@@ -1,0 +1,222 @@
+"""The operator API: replay, reconcile, DLQ and sandbox inspection over HTTP, behind a bearer token.
+
+`ops_routes(...)` returns Starlette routes under /v1/ops that the processor's app mounts. Every request must
+carry `Authorization: Bearer <token>` with one of PROCESSOR_API_TOKENS, compared in constant time; with no
+token configured every request is refused. Bodies and answers are JSON; errors are `{"error": code, ...}`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from processor.database import Database
+from processor.errors import ProcessorError
+from processor.eventlog.base import EventLog
+from processor.operations import dlq as dlq_ops
+from processor.operations.inspect import list_sandboxes, show_sandbox
+from processor.operations.reconcile import DEFAULT_AGE, reconcile
+from processor.operations.replay import SOURCES, ReplayRequest, parse_offsets, replay
+from processor.operations.timespec import parse_duration
+from processor.settings import Settings
+from processor.stripe_client import StripeApi
+
+log = logging.getLogger(__name__)
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class BadRequest(Exception):
+    """A request the operator must fix; the message goes back in the answer."""
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status, media_type="application/json")
+
+
+def _authorized(settings: Settings, request: Request) -> bool:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    matched = False
+    for allowed in settings.api_tokens:  # every token compared: timing reveals neither which nor how much
+        matched |= hmac.compare_digest(allowed.reveal().encode(), token.strip().encode())
+    return matched
+
+
+def _guard(settings: Settings, handler: Endpoint) -> Endpoint:
+    async def endpoint(request: Request) -> Response:
+        if not _authorized(settings, request):
+            return Response(b'{"error":"unauthorized"}', 401, {"WWW-Authenticate": "Bearer"}, "application/json")
+        try:
+            return await handler(request)
+        except (BadRequest, ValueError) as exc:
+            return _json({"error": "bad_request", "message": str(exc)}, 400)
+        except ProcessorError as exc:
+            status = 409 if exc.code == "replay_in_progress" else 503 if exc.retriable else 500
+            return _json({"error": exc.code, "message": str(exc)}, status)
+
+    return endpoint
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest("the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def _text(data: dict[str, Any] | Any, name: str) -> str | None:
+    value = data.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string")
+    return value
+
+
+def _flag(data: dict[str, Any] | Any, name: str) -> bool:
+    value = data.get(name, False)
+    if isinstance(value, str):
+        return value.lower() in ("1", "true", "yes")
+    return bool(value)
+
+
+def _limit(data: dict[str, Any] | Any, default: int) -> int:
+    raw = data.get("limit", default)
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise BadRequest("limit must be an integer") from None
+    if not 1 <= value <= 10_000:
+        raise BadRequest("limit must be between 1 and 10000")
+    return value
+
+
+def _dlq_filter(data: dict[str, Any] | Any) -> dlq_ops.DlqFilter:
+    return dlq_ops.DlqFilter(_text(data, "error_class"), _text(data, "event_type"), _text(data, "sandbox_id"))
+
+
+def ops_routes(settings: Settings, log_: EventLog, db: Database, stripe: StripeApi | None) -> list[Route]:
+    """The /v1/ops routes on an open log, database and (for replay from Stripe, reconcile) Stripe client."""
+
+    async def post_replay(request: Request) -> Response:
+        body = await _body(request)
+        source = _text(body, "source")
+        if source not in SOURCES:
+            raise BadRequest(f"source must be one of {', '.join(SOURCES)}")
+        offsets = _text(body, "offsets")
+        replay_request = ReplayRequest(
+            source=source,
+            dlq=_dlq_filter(body),
+            since=_text(body, "since"),
+            until=_text(body, "until"),
+            offsets=parse_offsets(offsets) if offsets else (),
+            sandbox_id=_text(body, "sandbox_id") if source == "sandbox" else None,
+        )
+        if source == "sandbox":  # the sandbox is the source here, not a DLQ filter
+            replay_request = ReplayRequest(
+                source, since=replay_request.since, until=replay_request.until, sandbox_id=replay_request.sandbox_id
+            )
+        if source == "stripe" and stripe is None:
+            raise BadRequest("no Stripe client is configured")
+        report = await replay(
+            settings,
+            log_,
+            db,
+            replay_request,
+            stripe=stripe,
+            dry_run=_flag(body, "dry_run"),
+            run_id=_text(body, "run_id"),
+        )
+        return _json(report.as_dict())
+
+    async def post_reconcile(request: Request) -> Response:
+        if stripe is None:
+            raise BadRequest("no Stripe client is configured")
+        body = await _body(request)
+        age_text = _text(body, "age")
+        age = parse_duration(age_text) if age_text else DEFAULT_AGE
+        limit = _limit(body, 10_000) if "limit" in body else None
+        report = await reconcile(
+            settings,
+            db,
+            stripe,
+            age=age,
+            dry_run=_flag(body, "dry_run"),
+            discover=body.get("discover", True) is not False,
+            limit=limit,
+            cursor="http",
+        )
+        return _json(report.as_dict())
+
+    async def get_dlq(request: Request) -> Response:
+        query = request.query_params
+        entries = await dlq_ops.list_dlq(
+            settings,
+            log_,
+            db,
+            _dlq_filter(query),
+            include_resolved=_flag(query, "include_resolved"),
+            limit=_limit(query, 100),
+        )
+        return _json({"data": [e.summary() for e in entries]})
+
+    async def get_dlq_entry(request: Request) -> Response:
+        entry = await dlq_ops.show_dlq(settings, log_, db, request.path_params["coordinate"])
+        if entry is None:
+            return _json({"error": "not_found"}, 404)
+        return _json(entry.detail())
+
+    async def post_dlq_purge(request: Request) -> Response:
+        body = await _body(request)
+        if body.get("confirm") is not True:
+            raise BadRequest('a purge needs "confirm": true')
+        coordinates = body.get("coordinates") or []
+        if not isinstance(coordinates, list) or not all(isinstance(x, str) for x in coordinates):
+            raise BadRequest("coordinates must be a list of partition:offset strings")
+        result = await dlq_ops.purge_dlq(settings, log_, db, _dlq_filter(body), coordinates=coordinates)
+        return _json({"purged": result.purged, "deleted_from_log": result.deleted})
+
+    async def get_sandboxes(request: Request) -> Response:
+        query = request.query_params
+        stuck = _text(query, "stuck_for")
+        rows = await list_sandboxes(
+            db,
+            state=_text(query, "state"),
+            stuck_for=parse_duration(stuck) if stuck else None,
+            limit=_limit(query, 100),
+            after=_text(query, "after") or "",
+        )
+        return _json({"data": rows})
+
+    async def get_sandbox(request: Request) -> Response:
+        found = await show_sandbox(db, request.path_params["sandbox_id"])
+        if found is None:
+            return _json({"error": "not_found"}, 404)
+        return _json(found)
+
+    def route(path: str, handler: Endpoint, method: str) -> Route:
+        return Route(path, _guard(settings, handler), methods=[method])
+
+    return [
+        route("/v1/ops/replay", post_replay, "POST"),
+        route("/v1/ops/reconcile", post_reconcile, "POST"),
+        route("/v1/ops/dlq", get_dlq, "GET"),
+        route("/v1/ops/dlq/purge", post_dlq_purge, "POST"),
+        route("/v1/ops/dlq/{coordinate}", get_dlq_entry, "GET"),
+        route("/v1/ops/sandboxes", get_sandboxes, "GET"),
+        route("/v1/ops/sandboxes/{sandbox_id}", get_sandbox, "GET"),
+    ]

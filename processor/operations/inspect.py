@@ -1,0 +1,89 @@
+"""Read-only views of the lifecycle store for operators: one sandbox in full, or sandboxes by state and age."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+
+from processor.database import Database
+from processor.lifecycle.messages import rfc3339
+
+#: history rows and processed events `sandbox show` prints by default
+DEFAULT_LAST = 20
+
+
+def _plain(value: Any) -> Any:
+    """A database value as JSON-able data."""
+    if isinstance(value, datetime):
+        return rfc3339(value)
+    if isinstance(value, str | bytes) and value[:1] in ("{", b"{"):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value
+    return value
+
+
+def _row(record: asyncpg.Record, *skip: str) -> dict[str, Any]:
+    return {key: _plain(value) for key, value in record.items() if key not in skip}
+
+
+async def show_sandbox(db: Database, sandbox_id: str, *, last: int = DEFAULT_LAST) -> dict[str, Any] | None:
+    """State, recent history, recent events and anomalies of one sandbox; None if we do not know it."""
+    async with db.pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT * FROM sandboxes WHERE id = $1", sandbox_id)
+        if row is None:
+            return None
+        history = await conn.fetch(
+            "SELECT * FROM (SELECT id, kind, from_state, to_state, observed, sequence, event_id, event_type, reason,"
+            " occurred_at, recorded_at FROM sandbox_history WHERE sandbox_id = $1 ORDER BY id DESC LIMIT $2) h"
+            " ORDER BY id",
+            sandbox_id,
+            last,
+        )
+        events = await conn.fetch(
+            "SELECT event_id, event_type, outcome, processed_at FROM processed_events WHERE sandbox_id = $1"
+            " ORDER BY processed_at DESC, event_id LIMIT $2",
+            sandbox_id,
+            last,
+        )
+        anomalies = await conn.fetch(
+            "SELECT event_id, current_state, observed_state, reason, recorded_at FROM anomalies"
+            " WHERE sandbox_id = $1 ORDER BY id",
+            sandbox_id,
+        )
+        pending = await conn.fetchval(
+            "SELECT count(*) FROM outbox WHERE key = $1 AND published_at IS NULL", sandbox_id.encode()
+        )
+    return {
+        "sandbox": _row(row),
+        "history": [_row(h) for h in history],
+        "last_events": [_row(e) for e in events],
+        "anomalies": [_row(a) for a in anomalies],
+        "outbox_pending": int(pending),
+    }
+
+
+async def list_sandboxes(
+    db: Database,
+    *,
+    state: str | None = None,
+    stuck_for: timedelta | None = None,
+    limit: int = 100,
+    after: str = "",
+) -> list[dict[str, Any]]:
+    """Sandboxes (in id order, after `after`) in `state` and/or not updated for `stuck_for`."""
+    async with db.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT id, state, sequence, flags, last_event_id, created_at, updated_at FROM sandboxes"
+            " WHERE ($1::text IS NULL OR state = $1) AND ($2::interval IS NULL OR updated_at < now() - $2)"
+            " AND id > $3 ORDER BY id LIMIT $4",
+            state,
+            stuck_for,
+            after,
+            limit,
+        )
+    return [_row(r) for r in rows]

@@ -1,0 +1,286 @@
+"""Catch missed webhooks: fetch sandboxes that have not moved for a while and drive them to Stripe's state.
+
+A pass visits, in id order, the sandboxes not in a final state whose row was not updated for `age`, fetches
+each from Stripe (rate-limited by the client's token bucket) and applies what it finds through the consumer's
+own `Applier` (one transaction per batch: state, history, processed event, outbox), so the walk through any
+skipped states is recorded and published exactly as if the webhooks had arrived. It then lists Stripe's
+sandbox events of the window to find sandboxes Stripe knows and we do not, and registers them the same way.
+A pass is resumable: its cursor (the last sandbox id done) is saved after every batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from processor import constants as c
+from processor.applier import Applier, Observation
+from processor.database import Database
+from processor.errors import PoisonEvent, StripeError
+from processor.eventlog.base import Record
+from processor.inbound import SANDBOX_PREFIX, Action, Inbound
+from processor.lifecycle import Outcome, State, decide, observed_state
+from processor.lifecycle.messages import rfc3339
+from processor.operations.progress import NoProgress, Progress
+from processor.operations.replay import STRIPE_RETENTION
+from processor.settings import Settings
+from processor.stripe_client import StripeApi
+
+log = logging.getLogger(__name__)
+
+FINAL_STATES = (State.LIVE, State.EXPIRED)
+DEFAULT_AGE = timedelta(hours=1)
+#: sandboxes per database page and per Applier transaction
+BATCH = 100
+#: Stripe fetches in flight at once (the client's token bucket still caps the rate)
+CONCURRENCY = 8
+#: event type of the observations reconcile makes (recorded in processed_events and history)
+RECONCILE_EVENT_TYPE = "processor.reconcile"
+#: an arbitrary constant: the advisory lock that keeps periodic reconcilers of several replicas from overlapping
+RECONCILE_LOCK_ID = 0x5A4D_0007
+
+
+@dataclass(slots=True)
+class ReconcileReport:
+    run_id: str
+    dry_run: bool
+    resumed: bool = False
+    checked: int = 0
+    in_sync: int = 0
+    #: sandboxes whose state we moved (or, dry, would move), by the state Stripe reports
+    repaired: Counter[str] = field(default_factory=Counter)
+    #: transitions written (the walk through skipped states counts each step)
+    transitions: int = 0
+    stale: int = 0
+    anomalies: int = 0
+    missing_at_stripe: int = 0
+    failed: int = 0
+    discovered: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "dry_run": self.dry_run,
+            "resumed": self.resumed,
+            "checked": self.checked,
+            "in_sync": self.in_sync,
+            "repaired": dict(self.repaired),
+            "transitions": self.transitions,
+            "stale": self.stale,
+            "anomalies": self.anomalies,
+            "missing_at_stripe": self.missing_at_stripe,
+            "failed": self.failed,
+            "discovered": self.discovered,
+        }
+
+
+def _observation(sandbox_id: str, fetched: dict[str, Any], run_id: str) -> Observation:
+    """What the consumer would have built from a webhook, with a reconcile observation standing in for it."""
+    now = datetime.now(UTC)
+    # not a Stripe event: the id says so, and is unique per pass so processed_events keeps every repair
+    event_id = f"reconcile_{run_id}_{sandbox_id}"
+    record = Record("reconcile", 0, 0, sandbox_id.encode(), b"{}", (), int(now.timestamp() * 1000))
+    event = Inbound(record, event_id, RECONCILE_EVENT_TYPE, Action.OBSERVE, sandbox_id, None, now)
+    return Observation(sandbox_id, [event], fetched, observed_state(fetched))
+
+
+async def reconcile(
+    settings: Settings,
+    db: Database,
+    stripe: StripeApi,
+    *,
+    age: timedelta = DEFAULT_AGE,
+    dry_run: bool = False,
+    discover: bool = True,
+    discover_window: timedelta = STRIPE_RETENTION,
+    limit: int | None = None,
+    cursor: str = "cli",
+    progress: Progress | None = None,
+) -> ReconcileReport:
+    """One reconcile pass (resuming the interrupted pass under `cursor`); see the module docstring."""
+    progress = progress or NoProgress()
+    applier = Applier(db.pool, settings.topic(c.TOPIC_TRANSITIONS), settings.topic(c.TOPIC_STATE))
+    async with db.pool.acquire() as conn:
+        saved = await conn.fetchrow("SELECT run_id, last_id FROM reconcile_cursors WHERE name = $1", cursor)
+        run_id = saved["run_id"] if saved else uuid.uuid4().hex[:12]
+        last_id = saved["last_id"] if saved else ""
+        finals = [str(s) for s in FINAL_STATES]
+        total = await conn.fetchval(
+            "SELECT count(*) FROM sandboxes WHERE state <> ALL($1::text[]) AND updated_at < now() - $2::interval"
+            " AND id > $3",
+            finals,
+            age,
+            last_id,
+        )
+    report = ReconcileReport(run_id, dry_run, resumed=saved is not None)
+    progress.total(min(total, limit) if limit is not None else total)
+    try:
+        while limit is None or report.checked < limit:
+            async with db.pool.acquire() as conn:
+                rows = await conn.fetch(
+                    "SELECT id, state FROM sandboxes WHERE state <> ALL($1::text[])"
+                    " AND updated_at < now() - $2::interval AND id > $3 ORDER BY id LIMIT $4",
+                    finals,
+                    age,
+                    last_id,
+                    BATCH if limit is None else min(BATCH, limit - report.checked),
+                )
+            if not rows:
+                break
+            current: dict[str, State | None] = {row["id"]: State(row["state"]) for row in rows}
+            await _repair(applier, stripe, current, run_id, report, dry_run)
+            last_id = rows[-1]["id"]
+            if not dry_run:
+                async with db.pool.acquire() as conn:
+                    await conn.execute(
+                        "INSERT INTO reconcile_cursors (name, run_id, last_id) VALUES ($1, $2, $3)"
+                        " ON CONFLICT (name) DO UPDATE SET last_id = excluded.last_id, updated_at = now()",
+                        cursor,
+                        run_id,
+                        last_id,
+                    )
+            progress.advance(len(rows))
+        if discover and (limit is None or report.checked < limit):
+            await _discover(db, applier, stripe, run_id, report, dry_run, discover_window)
+    finally:
+        progress.close()
+    if not dry_run and (limit is None or report.checked < limit):
+        async with db.pool.acquire() as conn:
+            await conn.execute("DELETE FROM reconcile_cursors WHERE name = $1", cursor)
+    log.info("reconcile %s: %s", run_id, report.as_dict())
+    return report
+
+
+async def _fetch_all(stripe: StripeApi, ids: Sequence[str], report: ReconcileReport) -> dict[str, dict[str, Any]]:
+    """Fetch each sandbox once; a 404 and a failure after the client's retries are counted, not raised."""
+    slots = asyncio.Semaphore(CONCURRENCY)
+    fetched: dict[str, dict[str, Any]] = {}
+
+    async def one(sandbox_id: str) -> None:
+        async with slots:
+            try:
+                fetched[sandbox_id] = await stripe.retrieve_sandbox(sandbox_id)
+            except StripeError as exc:
+                if exc.status == 404:
+                    report.missing_at_stripe += 1
+                    log.warning("reconcile: Stripe does not know sandbox %s", sandbox_id)
+                else:
+                    report.failed += 1
+                    log.warning("reconcile: fetching sandbox %s failed: %s", sandbox_id, exc)
+
+    await asyncio.gather(*(one(sid) for sid in ids))
+    return fetched
+
+
+async def _repair(
+    applier: Applier,
+    stripe: StripeApi,
+    current: dict[str, State | None],
+    run_id: str,
+    report: ReconcileReport,
+    dry_run: bool,
+) -> None:
+    """Fetch the sandboxes in `current` (None = unknown to us) and apply every one that is not in sync."""
+    report.checked += len(current)
+    fetched = await _fetch_all(stripe, sorted(current), report)
+    observations = []
+    for sandbox_id, sandbox in sorted(fetched.items()):
+        try:
+            observation = _observation(sandbox_id, sandbox, run_id)
+        except PoisonEvent as exc:  # a status this processor does not know: nothing safe to do
+            report.failed += 1
+            log.warning("reconcile: %s", exc)
+            continue
+        if observation.observed == current[sandbox_id]:
+            report.in_sync += 1
+        else:
+            observations.append(observation)
+    for observation in observations:
+        decision = decide(current[observation.sandbox_id], observation.observed)
+        if decision.outcome is Outcome.ADVANCE:
+            report.repaired[str(observation.observed)] += 1
+            if dry_run:
+                report.transitions += len(decision.steps)
+        elif dry_run and decision.outcome is Outcome.STALE:
+            report.stale += 1
+        elif dry_run:
+            report.anomalies += 1
+    if dry_run or not observations:
+        return
+    # the Applier decides again under the sandbox's lock: a webhook applied meanwhile is taken into account
+    result = await applier.apply(observations, [], [])
+    report.transitions += sum(result.transitions.values())
+    report.stale += result.outcomes.get("stale", 0)
+    report.anomalies += len(result.poison)
+    for _event, error in result.poison:
+        log.warning("reconcile: %s", error)
+
+
+async def _discover(
+    db: Database,
+    applier: Applier,
+    stripe: StripeApi,
+    run_id: str,
+    report: ReconcileReport,
+    dry_run: bool,
+    window: timedelta,
+) -> None:
+    """Register sandboxes that Stripe's sandbox events name but our database does not know."""
+    since = datetime.now(UTC) - min(window, STRIPE_RETENTION)
+    named: set[str] = set()
+    params: dict[str, Any] | None = {"limit": 100, "created[gte]": rfc3339(since)}
+    page_url: str | None = None
+    while True:
+        page = await stripe.list_events(params, page_url=page_url)
+        for event in page.get("data") or []:
+            related = event.get("related_object") if isinstance(event, dict) else None
+            if (
+                isinstance(related, dict)
+                and str(event.get("type", "")).startswith(SANDBOX_PREFIX)
+                and isinstance(related.get("id"), str)
+            ):
+                named.add(related["id"])
+        page_url = page.get("next_page_url")
+        if not page_url or not page.get("data"):
+            break
+        params = None
+    async with db.pool.acquire() as conn:
+        known = {
+            r["id"] for r in await conn.fetch("SELECT id FROM sandboxes WHERE id = ANY($1::text[])", sorted(named))
+        }
+    unknown = sorted(named - known)
+    report.discovered = unknown
+    for start in range(0, len(unknown), BATCH):
+        await _repair(applier, stripe, dict.fromkeys(unknown[start : start + BATCH]), run_id, report, dry_run)
+
+
+async def run_reconciler(
+    settings: Settings,
+    db: Database,
+    stripe_api: StripeApi,
+    interval_s: float,
+    stop_event: asyncio.Event,
+    *,
+    age: timedelta = DEFAULT_AGE,
+) -> None:
+    """Reconcile every `interval_s` until `stop_event` is set (for `processor run`); one replica at a time."""
+    while not stop_event.is_set():
+        try:
+            async with db.pool.acquire() as conn:
+                # session lock on a held connection: another replica's reconciler skips this round
+                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RECONCILE_LOCK_ID):
+                    try:
+                        await reconcile(settings, db, stripe_api, age=age, cursor="periodic")
+                    finally:
+                        await conn.execute("SELECT pg_advisory_unlock($1)", RECONCILE_LOCK_ID)
+        except Exception:  # a failed round must not end the task; the next round tries again
+            log.exception("periodic reconcile failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop_event.wait(), interval_s)

@@ -1,0 +1,168 @@
+"""The outbox relay: publishes committed outbox rows to their topics in id order, then marks them published.
+
+Order per key: only one relay publishes at a time (a transaction-scoped advisory lock is the leader lease, so a
+crashed leader's lease ends with its connection), and it takes rows in id order, which per sandbox is the
+order they were committed in. Several relays are therefore safe: the others wait for the lease.
+At least once: rows are marked published only after the log acknowledged them, in the same transaction that
+locked them; a crash in between publishes them again with the same message id (CloudEvents `id` for
+transitions, `{sandbox}:v{version}` for snapshots), and downstream deduplicates by it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+
+import asyncpg
+import orjson
+
+from processor.database import Database
+from processor.errors import DatabaseUnavailable, LogUnavailable
+from processor.eventlog.base import EventLog
+from processor.settings import Settings
+from processor.stripe_client import backoff_delay
+from processor.worker_metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+#: an arbitrary constant naming the relay's leader lease (pg advisory lock key)
+RELAY_LOCK_ID = 0x5A4D_0002
+DEFAULT_BATCH = 1000
+#: how long an idle relay waits for a wake-up before looking again (the in-process signal is immediate)
+DEFAULT_IDLE_S = 0.2
+#: published rows are kept this long (for inspection and repair), then deleted
+DEFAULT_RETENTION_S = 3600.0
+_CLEANUP_INTERVAL_S = 60.0
+
+
+class OutboxRelay:
+    """`await OutboxRelay(log, db).run(stop_event)`; `publish_once()` is one step, for tests and tools."""
+
+    def __init__(
+        self,
+        log_: EventLog,
+        database: Database,
+        *,
+        metrics: WorkerMetrics | None = None,
+        batch_size: int = DEFAULT_BATCH,
+        idle_s: float = DEFAULT_IDLE_S,
+        retention_s: float = DEFAULT_RETENTION_S,
+        wakeup: asyncio.Event | None = None,
+    ) -> None:
+        self.log = log_
+        self.pool = database.pool
+        self.metrics = metrics or WorkerMetrics()
+        self.batch_size = batch_size
+        self.idle_s = idle_s
+        self.retention_s = retention_s
+        self.wakeup = wakeup or asyncio.Event()
+        self.published = 0
+        self.last_beat = time.monotonic()
+
+    async def publish_once(self) -> int:
+        """Publish up to one batch; the number published, or -1 when another relay holds the lease."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK_ID):
+                    return -1
+                rows = await conn.fetch(
+                    "SELECT id, topic, key, value, headers FROM outbox WHERE published_at IS NULL"
+                    " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                    self.batch_size,
+                )
+                if not rows:
+                    return 0
+                records = [
+                    (
+                        row["topic"],
+                        row["key"],
+                        row["value"],
+                        [(name, str(value).encode()) for name, value in _headers(row["headers"]).items()],
+                    )
+                    for row in rows
+                ]
+                await self.log.publish_many(records)
+                await conn.execute(
+                    "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", [row["id"] for row in rows]
+                )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise DatabaseUnavailable(f"relay cannot read the outbox: {exc}") from exc
+        for topic, count in Counter(row["topic"] for row in rows).items():
+            self.metrics.relay_published.labels(topic=topic).inc(count)
+        self.published += len(rows)
+        return len(rows)
+
+    async def pending(self) -> int:
+        """Rows not yet published."""
+        async with self.pool.acquire() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+
+    async def cleanup(self) -> int:
+        """Delete rows published longer ago than the retention; returns how many."""
+        async with self.pool.acquire() as conn:
+            status = await conn.execute(
+                "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)", self.retention_s
+            )
+        return int(status.split()[-1])
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Publish until `stop` is set, then drain what is committed so a clean shutdown leaves nothing behind."""
+        failures = 0
+        next_cleanup = time.monotonic() + _CLEANUP_INTERVAL_S
+        while True:
+            self.last_beat = time.monotonic()
+            stopping = stop.is_set()
+            self.wakeup.clear()  # before looking: a signal set during the look is not lost
+            try:
+                count = await self.publish_once()
+                failures = 0
+            except (DatabaseUnavailable, LogUnavailable) as exc:
+                failures += 1
+                delay = max(0.1, backoff_delay(failures, 0.5, 10.0))
+                log.warning("relay failed (%s), retrying in %.1fs", exc, delay)
+                if stopping:
+                    return
+                await self._sleep(stop, delay)
+                continue
+            if count == self.batch_size:
+                continue  # more is waiting
+            if stopping:
+                return
+            if time.monotonic() >= next_cleanup:
+                next_cleanup = time.monotonic() + _CLEANUP_INTERVAL_S
+                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    await self.cleanup()
+                    self.metrics.outbox_pending.set(await self.pending())
+            await self._sleep(stop, self.idle_s if count >= 0 else max(self.idle_s, 1.0))
+
+    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
+        waiters = [asyncio.ensure_future(self.wakeup.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+
+def _headers(raw: object) -> dict[str, object]:
+    if isinstance(raw, str | bytes):
+        decoded = orjson.loads(raw)
+        return decoded if isinstance(decoded, dict) else {}
+    return dict(raw) if isinstance(raw, dict) else {}
+
+
+async def run_relay(
+    settings: Settings,
+    log_: EventLog,
+    db: Database,
+    stop_event: asyncio.Event,
+    *,
+    metrics: WorkerMetrics | None = None,
+    wakeup: asyncio.Event | None = None,
+) -> None:
+    """Run the outbox relay until `stop_event` is set (library entry point for `processor run`)."""
+    del settings  # topics are stored on each outbox row; the signature matches the other workers
+    await OutboxRelay(log_, db, metrics=metrics, wakeup=wakeup).run(stop_event)

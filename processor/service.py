@@ -1,0 +1,153 @@
+"""`processor run`: ingress, sandbox API, operator API, consumer and relay in one process.
+
+With nothing configured this is the embedded default: a private PostgreSQL under the data directory, the
+PostgreSQL-table event log, and (without STRIPE_API_KEY) the bundled Stripe emulator delivering its webhooks
+to this process. Every part is the same code the distributed deployment runs as separate processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute
+
+from processor import constants as c
+from processor import localsecrets
+from processor.api.app import build_api_routes
+from processor.database import Database
+from processor.eventlog import open_event_log
+from processor.eventlog.base import EventLog
+from processor.ingress.app import build_app as build_ingress_app
+from processor.operations.http import ops_routes
+from processor.operations.reconcile import run_reconciler
+from processor.settings import Secret, Settings
+from processor.stripe_client import StripeApi
+from processor.worker import WorkerOptions, run_worker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo:
+    """What `processor run` tells its user once everything is up."""
+
+    base_url: str
+    webhook_url: str
+    log_backend: str
+    database: str
+    stripe: str
+    secrets_file: str
+    settings: Settings = dataclasses.field(repr=False)
+    emulator_url: str | None = None
+
+    def banner(self) -> str:
+        return "\n".join([
+            f"processor is running on {self.base_url}",
+            f"  event log : {self.log_backend}",
+            f"  database  : {self.database}",
+            f"  Stripe    : {self.stripe}",
+            f"  webhook URL to give Stripe: {self.webhook_url}",
+            f"  API token and signing key: {self.secrets_file} (mode 0600)",
+            "  press Ctrl-C to stop",
+        ])
+
+
+@contextlib.asynccontextmanager
+async def _stripe_backend(settings: Settings, webhook_secret: Secret,
+                          emulator_port: int) -> AsyncIterator[tuple[Settings, str | None]]:
+    """Real Stripe when STRIPE_API_KEY is set; otherwise the bundled emulator, wired to our webhook URL."""
+    if settings.stripe_api_key is not None:
+        if not settings.stripe_webhook_secrets:
+            from processor.errors import ConfigError
+
+            raise ConfigError("STRIPE_WEBHOOK_SECRETS", "required when STRIPE_API_KEY is set")
+        yield settings, None
+        return
+    from processor.emulator.config import EmulatorConfig
+    from processor.emulator.runner import running_emulator
+
+    async with running_emulator(EmulatorConfig(port=emulator_port)) as emulator:
+        emulator.add_webhook_endpoint(f"{settings.public_url}/webhooks/stripe", webhook_secret.reveal())
+        yield dataclasses.replace(
+            settings, stripe_api_key=Secret(emulator.api_key), stripe_api_base=emulator.base_url,
+            stripe_webhook_secrets=settings.stripe_webhook_secrets or (webhook_secret,),
+        ), emulator.base_url
+
+
+def build_http_app(settings: Settings, event_log: EventLog, db: Database, stripe_api: StripeApi) -> Starlette:
+    """One app serving the webhook ingress, the sandbox API and the operator API."""
+    routes: list[BaseRoute] = list(build_ingress_app(settings, event_log).routes)
+    routes += build_api_routes(settings, db, stripe_api)
+    routes += ops_routes(settings, event_log, db, stripe_api)
+    return Starlette(routes=routes)
+
+
+#: how often `processor run` looks for sandboxes whose webhooks went missing (one replica at a time)
+DEFAULT_RECONCILE_INTERVAL_S = 600.0
+
+
+async def run_service(settings: Settings, stop: asyncio.Event, *, emulator_port: int = 0,
+                      reconcile_interval_s: float = DEFAULT_RECONCILE_INTERVAL_S,
+                      on_ready: Callable[[ServiceInfo], None] | None = None) -> None:
+    """Run everything until `stop` is set (Ctrl-C/SIGTERM in the CLI); then stop in reverse order."""
+    local = localsecrets.load_or_create(settings.data_dir)
+    settings = dataclasses.replace(
+        settings,
+        signing_key=settings.signing_key or local.signing_key,
+        api_tokens=settings.api_tokens or (local.api_token,),
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        settings, emulator_url = await stack.enter_async_context(
+            _stripe_backend(settings, local.webhook_secret, emulator_port))
+        db = Database(settings)
+        await db.start(upgrade=True)
+        stack.push_async_callback(db.stop)
+        event_log = await stack.enter_async_context(open_event_log(settings, db))
+        await event_log.ensure_topics([settings.topic(name) for name in c.ALL_TOPICS])
+        stripe_api = await stack.enter_async_context(StripeApi(settings))
+
+        server = uvicorn.Server(uvicorn.Config(
+            build_http_app(settings, event_log, db, stripe_api), host=settings.host, port=settings.port,
+            log_level="warning", lifespan="on", timeout_graceful_shutdown=10,
+        ))
+        worker_stop = asyncio.Event()
+        worker = asyncio.create_task(
+            run_worker(settings, event_log, db, worker_stop, WorkerOptions()), name="worker")
+        reconciler: asyncio.Task[None] | None = None
+        if reconcile_interval_s > 0:
+            reconciler = asyncio.create_task(
+                run_reconciler(settings, db, stripe_api, reconcile_interval_s, worker_stop), name="reconciler")
+        web = asyncio.create_task(server.serve(), name="http")
+        while not server.started:
+            if web.done() or worker.done():
+                break
+            await asyncio.sleep(0.02)
+        if server.started and on_ready is not None:
+            on_ready(ServiceInfo(
+                base_url=f"http://{settings.host}:{settings.port}",
+                webhook_url=f"{settings.public_url}/webhooks/stripe",
+                log_backend=("PostgreSQL table (embedded)" if settings.embedded_log
+                             else f"Kafka at {','.join(settings.kafka_bootstrap_servers)}"),
+                database=("embedded PostgreSQL under " + str(settings.data_dir / "postgres") if db.embedded
+                          else "PostgreSQL from PROCESSOR_DATABASE_URL"),
+                stripe=f"bundled emulator at {emulator_url}" if emulator_url else settings.stripe_api_base,
+                secrets_file=str(local.path), settings=settings, emulator_url=emulator_url,
+            ))
+        stop_waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait([stop_waiter, web, worker], return_when=asyncio.FIRST_COMPLETED)
+        stop_waiter.cancel()
+        # stop taking webhooks first (in-flight requests finish), then let the consumer finish its batch
+        server.should_exit = True
+        await asyncio.gather(web, return_exceptions=True)
+        worker_stop.set()
+        results = await asyncio.gather(worker, web, *([reconciler] if reconciler else []), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise result
