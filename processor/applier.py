@@ -259,7 +259,7 @@ class Applier:
         if decision.outcome is Outcome.ADVANCE:
             for step in decision.steps:
                 row.sequence += 1
-                event_id = reporting.event_id if step.observed else None
+                event_id = reporting.event_id if step.observed and reporting.from_stripe else None
                 message = transition_event(
                     obs.sandbox_id, step, sequence=row.sequence, occurred_at=reporting.created, event_id=event_id
                 )

@@ -24,12 +24,15 @@ from processor.dlq import dlq_record
 from processor.errors import CommitRejected, PoisonEvent, ProcessorError, StripeError
 from processor.eventlog.base import EventLog, LogConsumer, Record, TopicPartition
 from processor.inbound import Action, Inbound, MalformedEvent, parse
-from processor.lifecycle import observed_state
+from processor.lifecycle import State, observed_state
 from processor.settings import Settings
 from processor.stripe_client import StripeApi, backoff_delay
 from processor.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
+
+#: a sandbox sitting in claimed .. installed this long is reported as stuck (users finish in minutes to hours)
+STUCK_AFTER_S = 24 * 3600.0
 
 
 class SandboxNotFound(PoisonEvent):
@@ -310,6 +313,13 @@ class LifecycleConsumer:
                 committed = await consumer.committed(tp) or 0
             lag += max(0, ends.get(tp, 0) - committed)
         self.metrics.lag.set(lag)
+        async with self.applier.pool.acquire() as conn:
+            stuck = await conn.fetchval(
+                "SELECT count(*) FROM sandboxes WHERE state <> ALL($1::text[])"
+                " AND updated_at < now() - make_interval(secs => $2)",
+                [str(State.UNCLAIMED), str(State.LIVE), str(State.EXPIRED)], STUCK_AFTER_S,
+            )
+        self.metrics.sandboxes_stuck.set(stuck)
 
 
 async def run_consumer(

@@ -56,6 +56,9 @@ class Inbound:
     #: the account of a v1 event, or the `context` of a thin event (sent back as Stripe-Context)
     account: str | None
     created: datetime
+    #: False for observations we made without a Stripe event (reconcile, API registration before Stripe lists
+    #: the event): their ids are ours, so published transitions say `event_id: null` as the schema means
+    from_stripe: bool = True
 
     @property
     def created_ms(self) -> int:

@@ -25,6 +25,7 @@ import stripe
 from processor.constants import STRIPE_API_VERSION
 from processor.errors import ConfigError, StripeError
 from processor.settings import Settings
+from processor.stripe_redaction import install as install_redaction
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class StripeApi:
     ) -> None:
         if settings.stripe_api_key is None:
             raise ConfigError("STRIPE_API_KEY", "the processor needs a Stripe API key to fetch sandboxes")
+        install_redaction()  # create responses carry a sandbox's secret keys; the SDK logs bodies at DEBUG
         self.api_base = settings.stripe_api_base
         self.max_attempts = max_attempts
         self.base_delay_s = base_delay_s

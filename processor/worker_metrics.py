@@ -46,6 +46,11 @@ class WorkerMetrics:
             "Records of stripe.events not yet committed by this consumer's group.",
             registry=self.registry,
         )
+        self.sandboxes_stuck = Gauge(
+            "processor_sandboxes_stuck",
+            "Sandboxes in an intermediate state (claimed .. installed) not updated for a day.",
+            registry=self.registry,
+        )
         self.relay_published = Counter(
             "processor_relay_published_total",
             "Outbox messages published by the relay, by topic.",

@@ -19,7 +19,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from processor import constants as c
-from processor.api import redaction
 from processor.api.auth import BearerAuth, Principal, unauthorized
 from processor.api.ratelimit import KeyedRateLimit
 from processor.api.refresh import RefreshEndpoint
@@ -83,7 +82,6 @@ def build_api_routes(
     key = signing_key or settings.signing_key
     if key is None:
         raise ConfigError("PROCESSOR_SIGNING_KEY", "the sandbox API needs a key to sign refresh URLs")
-    redaction.install()  # the create response carries secret keys; the SDK would log it at DEBUG
     auth = BearerAuth(settings.api_tokens)
     if not auth.configured:
         log.warning("PROCESSOR_API_TOKENS is empty: every /v1/sandboxes request will be refused (401)")

@@ -66,6 +66,7 @@ async def register_created(applier: Applier, stripe: StripeApi, sandbox: Mapping
     if await applier.already_processed([event_id]):
         return  # the consumer got the webhook first
     record = Record(SOURCE_TOPIC, 0, 0, sandbox_id.encode(), b"", (), int(created.timestamp() * 1000))
-    inbound = Inbound(record, event_id, CREATED, Action.OBSERVE, sandbox_id, context, created)
+    inbound = Inbound(record, event_id, CREATED, Action.OBSERVE, sandbox_id, context, created,
+                      from_stripe=found is not None)
     fetched = without_keys(sandbox)
     await applier.apply([Observation(sandbox_id, [inbound], fetched, observed_state(fetched))], [], [])

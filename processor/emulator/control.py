@@ -204,10 +204,10 @@ def _button(action: str, label: str, **fields: str) -> str:
 async def onboarding_page(request: Request) -> Response:
     """GET/POST the onboarding link; an expired or replaced one sends the user to refresh_url, like Stripe."""
     state: EmulatorState = request.app.state.emulator
-    record = state.store.sandbox_by_link(str(request.path_params["token"]))
+    record, current = state.store.sandbox_by_link(str(request.path_params["token"]))
     if record is None:
         return HTMLResponse("<h1>This onboarding link is not valid.</h1>", status_code=404)
-    if state.clock.now() >= record.link_expires_at or record.status == "expired":
+    if not current or state.clock.now() >= record.link_expires_at or record.status == "expired":
         return RedirectResponse(record.refresh_url, status_code=302)
     message = ""
     if request.method == "POST":

@@ -125,6 +125,8 @@ class Store:
 
     sandboxes: dict[str, SandboxRecord] = field(default_factory=dict)
     link_tokens: dict[str, str] = field(default_factory=dict)
+    #: links replaced by a renewal: still known, so a visit can be sent to the sandbox's refresh_url
+    replaced_links: dict[str, str] = field(default_factory=dict)
     #: live accounts that exist before any claim ("claim into an existing account" picks from these)
     accounts: list[str] = field(default_factory=list)
     events: list[EventRecord] = field(default_factory=list)
@@ -141,13 +143,18 @@ class Store:
 
     def replace_link(self, record: SandboxRecord, token: str, url: str, expires_at: datetime) -> None:
         """Point the sandbox at a new onboarding link; the old link stops working (Stripe invalidates it)."""
-        self.link_tokens.pop(record.link_token, None)
+        if self.link_tokens.pop(record.link_token, None) is not None:
+            self.replaced_links[record.link_token] = record.id
         record.link_token, record.link_url, record.link_expires_at = token, url, expires_at
         self.link_tokens[token] = record.id
 
-    def sandbox_by_link(self, token: str) -> SandboxRecord | None:
+    def sandbox_by_link(self, token: str) -> tuple[SandboxRecord | None, bool]:
+        """The sandbox a link belongs to, and whether the link is its current one (False: replaced)."""
         sandbox_id = self.link_tokens.get(token)
-        return self.sandboxes.get(sandbox_id) if sandbox_id else None
+        if sandbox_id is not None:
+            return self.sandboxes.get(sandbox_id), True
+        replaced = self.replaced_links.get(token)
+        return (self.sandboxes.get(replaced) if replaced else None), False
 
     # --- events --------------------------------------------------------------------------------------
     def next_seq(self) -> int:

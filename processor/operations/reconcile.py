@@ -87,7 +87,7 @@ def _observation(sandbox_id: str, fetched: dict[str, Any], run_id: str) -> Obser
     # not a Stripe event: the id says so, and is unique per pass so processed_events keeps every repair
     event_id = f"reconcile_{run_id}_{sandbox_id}"
     record = Record("reconcile", 0, 0, sandbox_id.encode(), b"{}", (), int(now.timestamp() * 1000))
-    event = Inbound(record, event_id, RECONCILE_EVENT_TYPE, Action.OBSERVE, sandbox_id, None, now)
+    event = Inbound(record, event_id, RECONCILE_EVENT_TYPE, Action.OBSERVE, sandbox_id, None, now, from_stripe=False)
     return Observation(sandbox_id, [event], fetched, observed_state(fetched))
 
 

@@ -35,10 +35,9 @@ from processor.stripe_client import StripeApi
 
 log = logging.getLogger(__name__)
 
-#: header naming the replay run that re-published a record
-H_REPLAY_RUN = "replay.run-id"
-#: header naming what a replayed record copies: `dlq:P:O`, `events:P:O` or `stripe:<event id>`
-H_REPLAY_OF = "replay.of"
+# header values: H_REPLAY_RUN = the run id; H_REPLAY_OF = `dlq:P:O`, `events:P:O` or `stripe:<event id>`
+H_REPLAY_RUN = c.H_REPLAY_RUN
+H_REPLAY_OF = c.H_REPLAY_OF
 #: headers a copy does not inherit: the DLQ's error headers and an earlier replay's own
 _NOT_COPIED = frozenset(
     {
@@ -227,9 +226,8 @@ def stripe_candidate(event: dict[str, Any], run_id: str) -> _Candidate:
         (c.H_EVENT_TYPE, envelope.type.encode()),
         (c.H_OBJECT, envelope.object.encode()),
         (c.H_RECEIVED_AT, rfc3339(datetime.now(UTC)).encode()),
-        # fetched over the authenticated API, not verified by a webhook secret: index 0 keeps the header
-        # contract (asyncapi requires it); `replay.of` says where the record really came from
-        (c.H_SECRET_INDEX, b"0"),
+        # fetched over the authenticated API, verified by no webhook secret: no stripe.secret-index header;
+        # `replay.of` says where the record came from (schemas/asyncapi.yaml)
         (H_REPLAY_RUN, run_id.encode()),
         (H_REPLAY_OF, identity.encode()),
     )

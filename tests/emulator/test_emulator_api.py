@@ -159,7 +159,8 @@ async def test_renew_link_replaces_the_old_one(api: httpx.AsyncClient) -> None:
     async with httpx.AsyncClient() as browser:
         assert (await browser.get(link["url"])).status_code == 200
         stale = await browser.get(old_url)
-    assert stale.status_code == 404
+    assert stale.status_code == 302
+    assert stale.headers["location"] == "https://platform.example/refresh2"
 
 
 async def test_stripe_context_must_match_the_sandbox(api: httpx.AsyncClient) -> None:

@@ -2,7 +2,7 @@
 
 The Stripe SDK logs every response body at DEBUG on the `stripe` logger; the create response carries the
 sandbox's secret keys. This filter drops those records (the status line is logged separately and kept).
-It belongs with the Stripe client; it is installed from here until it moves there.
+Every StripeApi installs it, so no path that talks to Stripe can leak the keys.
 """
 
 from __future__ import annotations
