@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 from dataclasses import replace
 
+from processor.commands.workerargs import add_health_port, worker_settings
 from processor.consumer import ConsumerOptions
-from processor.settings import Settings
 from processor.worker import WorkerOptions, serve_worker
 
 _DEFAULT_BATCH = ConsumerOptions().batch_size
@@ -17,12 +16,7 @@ _DEFAULT_BATCH = ConsumerOptions().batch_size
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("consume", help="drive sandboxes through their lifecycle from stripe.events")
     parser.add_argument("--no-relay", action="store_true", help="do not run the outbox relay in this process")
-    parser.add_argument(
-        "--health-port",
-        type=int,
-        default=None,
-        help="serve /healthz, /readyz and /metrics on this port (0 = any free port)",
-    )
+    add_health_port(parser)
     parser.add_argument(
         "--batch-size", type=int, default=_DEFAULT_BATCH, help=f"records per batch (default {_DEFAULT_BATCH})"
     )
@@ -30,11 +24,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = worker_settings()
     options = WorkerOptions(
         relay=not args.no_relay,
         health_port=args.health_port,
+        health_host=settings.host,
         consumer=replace(ConsumerOptions(), batch_size=max(1, args.batch_size)),
     )
     asyncio.run(serve_worker(settings, options))

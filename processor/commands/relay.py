@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 
+from processor.commands.workerargs import add_health_port, worker_settings
 from processor.relay import DEFAULT_BATCH
-from processor.settings import Settings
 from processor.worker import WorkerOptions, serve_worker
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("relay", help="publish outbox rows in order per key (safe to run several)")
-    parser.add_argument(
-        "--health-port",
-        type=int,
-        default=None,
-        help="serve /healthz, /readyz and /metrics on this port (0 = any free port)",
-    )
+    add_health_port(parser)
     parser.add_argument(
         "--batch-size", type=int, default=DEFAULT_BATCH, help=f"rows per publish (default {DEFAULT_BATCH})"
     )
@@ -26,12 +20,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = worker_settings()
     asyncio.run(
         serve_worker(
             settings,
-            WorkerOptions(consume=False, relay=True, health_port=args.health_port, relay_batch=max(1, args.batch_size)),
+            WorkerOptions(consume=False, relay=True, health_port=args.health_port, health_host=settings.host,
+                          relay_batch=max(1, args.batch_size)),
         )
     )
     return 0
