@@ -103,13 +103,14 @@ def _purge(args: argparse.Namespace) -> int:
         print(f"processor dlq: {exc}", file=sys.stderr)
         return 2
 
-    async def count() -> int:
+    async def matching() -> list[str]:
         async with ops_session(settings) as ops:
             entries = await dlq_ops.list_dlq(settings, ops.log, ops.db, where)
-        return sum(1 for e in entries if not wanted or (e.record.partition, e.record.offset) in wanted)
+        return [e.coordinate for e in entries if not wanted or (e.record.partition, e.record.offset) in wanted]
 
-    matching = asyncio.run(count())
-    if matching == 0:
+    # what the operator confirms is exactly what gets purged: records dead-lettered meanwhile are not
+    confirmed = asyncio.run(matching())
+    if not confirmed:
         print("nothing to purge")
         return 0
     kafka = bool(settings.kafka_bootstrap_servers)
@@ -118,13 +119,13 @@ def _purge(args: argparse.Namespace) -> int:
         if kafka
         else "deleted from the PostgreSQL log"
     )
-    if not args.yes and not confirm(f"purge {matching} dead-lettered event(s)? They will be {how}. [y/N] "):
+    if not args.yes and not confirm(f"purge {len(confirmed)} dead-lettered event(s)? They will be {how}. [y/N] "):
         print("processor dlq: purge not confirmed (type y, or pass --yes)", file=sys.stderr)
         return 1
 
     async def purge() -> dlq_ops.PurgeReport:
         async with ops_session(settings) as ops:
-            return await dlq_ops.purge_dlq(settings, ops.log, ops.db, where, coordinates=args.coordinates)
+            return await dlq_ops.purge_dlq(settings, ops.log, ops.db, where, coordinates=confirmed)
 
     result = asyncio.run(purge())
     print(

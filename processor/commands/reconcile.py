@@ -8,6 +8,7 @@ import sys
 
 import orjson
 
+from processor.errors import ProcessorError
 from processor.operations.progress import progress_for
 from processor.operations.reconcile import ReconcileReport, reconcile
 from processor.operations.session import ops_session
@@ -67,6 +68,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"processor reconcile: {exc}", file=sys.stderr)
         return 2
-    report = asyncio.run(_run(Settings.from_env(), args))
+    settings = Settings.from_env()  # a ConfigError is the CLI's to report
+    try:
+        report = asyncio.run(_run(settings, args))
+    except ProcessorError as exc:  # Stripe or the database unavailable: say so, no traceback
+        print(f"processor reconcile: {exc}", file=sys.stderr)
+        return 1
     print(orjson.dumps(report.as_dict()).decode() if args.json else render(report))
     return 0

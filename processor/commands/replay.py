@@ -9,6 +9,7 @@ import sys
 
 import orjson
 
+from processor.errors import ProcessorError
 from processor.operations.dlq import DlqFilter
 from processor.operations.progress import progress_for
 from processor.operations.replay import ReplayReport, ReplayRequest, parse_offsets, replay
@@ -100,10 +101,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"processor replay: {exc}", file=sys.stderr)
         return 2
+    settings = Settings.from_env()  # a ConfigError is the CLI's to report
     try:
-        report = asyncio.run(_run(Settings.from_env(), args, request))
+        report = asyncio.run(_run(settings, args, request))
     except ValueError as exc:
         print(f"processor replay: {exc}", file=sys.stderr)
         return 2
+    except ProcessorError as exc:  # another run of the same id, Stripe or the log unavailable: no traceback
+        print(f"processor replay: {exc}", file=sys.stderr)
+        return 1
     print(orjson.dumps(report.as_dict()).decode() if args.json else render(report))
     return 0

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,6 +45,8 @@ CONCURRENCY = 8
 RECONCILE_EVENT_TYPE = "processor.reconcile"
 #: an arbitrary constant: the advisory lock that keeps periodic reconcilers of several replicas from overlapping
 RECONCILE_LOCK_ID = 0x5A4D_0007
+#: the cursor name of the pass `processor run` makes periodically (the CLI's is "cli")
+PERIODIC_CURSOR = "periodic"
 
 
 @dataclass(slots=True)
@@ -270,17 +272,40 @@ async def run_reconciler(
     *,
     age: timedelta = DEFAULT_AGE,
 ) -> None:
-    """Reconcile every `interval_s` until `stop_event` is set (for `processor run`); one replica at a time."""
+    """Reconcile every `interval_s` until `stop_event` is set (for `processor run`); one replica at a time.
+
+    A pass under way when `stop_event` is set is cancelled rather than finished (a pass over many sandboxes at
+    Stripe's rate limit takes minutes, longer than a shutdown may): its cursor, saved after every batch, lets
+    the next pass continue where it stopped, and a batch cut short is applied wholly or not at all.
+    """
     while not stop_event.is_set():
         try:
             async with db.pool.acquire() as conn:
                 # session lock on a held connection: another replica's reconciler skips this round
                 if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RECONCILE_LOCK_ID):
                     try:
-                        await reconcile(settings, db, stripe_api, age=age, cursor="periodic")
+                        await _until_stopped(
+                            reconcile(settings, db, stripe_api, age=age, cursor=PERIODIC_CURSOR), stop_event
+                        )
                     finally:
                         await conn.execute("SELECT pg_advisory_unlock($1)", RECONCILE_LOCK_ID)
         except Exception:  # a failed round must not end the task; the next round tries again
             log.exception("periodic reconcile failed")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop_event.wait(), interval_s)
+
+
+async def _until_stopped(work: Coroutine[Any, Any, ReconcileReport], stop_event: asyncio.Event) -> None:
+    """Await `work`, cancelling it as soon as `stop_event` is set; its own failure is raised."""
+    task = asyncio.create_task(work)
+    stopped = asyncio.create_task(stop_event.wait())
+    try:
+        await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        task.cancel()  # a no-op once it finished
+        await asyncio.gather(task, stopped, return_exceptions=True)
+    if task.cancelled():
+        log.info("periodic reconcile stopped mid-pass; the next pass resumes from its cursor")
+        return
+    task.result()

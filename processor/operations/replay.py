@@ -61,7 +61,7 @@ MAX_LISTED = 10_000
 Source = Literal["dlq", "window", "offsets", "sandbox", "stripe"]
 SOURCES: tuple[Source, ...] = ("dlq", "window", "offsets", "sandbox", "stripe")
 #: first key of the two-key advisory locks that serialise runs with the same id (an arbitrary constant)
-_LOCK_SPACE = 0x5A4D
+LOCK_SPACE = 0x5A4D
 
 
 class ReplayInProgress(ProcessorError):
@@ -253,14 +253,14 @@ async def replay(
     run_id = run_id or request.default_run_id()
     async with db.pool.acquire() as lock_conn:
         # one process per run id at a time (CLI and HTTP alike); the lock ends with the connection
-        if not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", _LOCK_SPACE, run_id):
+        if not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", LOCK_SPACE, run_id):
             raise ReplayInProgress(f"replay run {run_id} is already running")
         try:
             return await _replay(
                 settings, log_, db, request, stripe, dry_run, run_id, progress or NoProgress(), batch_size
             )
         finally:
-            await lock_conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", _LOCK_SPACE, run_id)
+            await lock_conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", LOCK_SPACE, run_id)
 
 
 async def _replay(

@@ -3,54 +3,25 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime
 
-import orjson
-from ops_harness import create_sandboxes, emulator_stack, read_topic, snapshot, wait_for, with_db, worker
+from ops_harness import (
+    create_sandboxes,
+    emulator_stack,
+    publish_thin_events,
+    read_topic,
+    snapshot,
+    wait_for,
+    with_db,
+    worker,
+)
 
 from processor import constants as c
 from processor.database import Database
-from processor.eventlog.base import EventLog
 from processor.eventlog.kafka import KafkaEventLog
 from processor.eventlog.postgres import PostgresEventLog
-from processor.lifecycle.messages import rfc3339
 from processor.operations.replay import H_REPLAY_OF, H_REPLAY_RUN, ReplayRequest, replay
 from processor.settings import Settings
 from processor.stripe_client import StripeApi
-
-
-async def publish_thin_events(log: EventLog, settings: Settings, sandbox_ids: list[str], per_sandbox: int) -> int:
-    """`per_sandbox` distinct `updated` thin events per sandbox, published as the ingress would."""
-    records = []
-    for n in range(per_sandbox):
-        for sid in sandbox_ids:
-            event_id = f"evt_test_window_{n}_{sid[-12:]}"
-            body = orjson.dumps(
-                {
-                    "id": event_id,
-                    "object": "v2.core.event",
-                    "type": "v2.core.claimable_sandbox.updated",
-                    "created": rfc3339(datetime.now(UTC)),
-                    "livemode": False,
-                    "context": None,
-                    "reason": None,
-                    "related_object": {
-                        "id": sid,
-                        "type": "v2.core.claimable_sandbox",
-                        "url": f"/v2/core/claimable_sandboxes/{sid}",
-                    },
-                }
-            )
-            headers = [
-                (c.H_EVENT_ID, event_id.encode()),
-                (c.H_EVENT_TYPE, b"v2.core.claimable_sandbox.updated"),
-                (c.H_OBJECT, b"v2.core.event"),
-                (c.H_RECEIVED_AT, rfc3339(datetime.now(UTC)).encode()),
-                (c.H_SECRET_INDEX, b"0"),
-            ]
-            records.append((settings.topic(c.TOPIC_EVENTS), sid.encode(), body, headers))
-    await log.publish_many(records)
-    return len(records)
 
 
 async def test_window_replay_of_processed_events_changes_nothing(
