@@ -15,12 +15,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import uvicorn
+from aiokafka.admin import AIOKafkaAdminClient
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from processor import constants as c
 from processor import localsecrets
 from processor.api.app import build_api_routes
+from processor.commands.topics import ensure_topics as ensure_kafka_topics
 from processor.database import Database
 from processor.eventlog import open_event_log
 from processor.eventlog.base import EventLog
@@ -29,6 +31,7 @@ from processor.operations.http import ops_routes
 from processor.operations.reconcile import run_reconciler
 from processor.settings import Secret, Settings
 from processor.stripe_client import StripeApi
+from processor.topics import REPLICATION_FACTOR, topic_specs
 from processor.worker import WorkerOptions, run_worker
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,24 @@ async def _stripe_backend(settings: Settings, webhook_secret: Secret,
         ), emulator.base_url
 
 
+async def _ensure_topics(settings: Settings, event_log: EventLog) -> None:
+    """Create missing topics: on Kafka with the settings of processor/topics.py (compaction for sandbox.state,
+    retention, message size), replicated as widely as the cluster allows up to the spec's factor."""
+    if settings.embedded_log:
+        await event_log.ensure_topics([settings.topic(name) for name in c.ALL_TOPICS])
+        return
+    admin = AIOKafkaAdminClient(bootstrap_servers=list(settings.kafka_bootstrap_servers))
+    await admin.start()
+    try:
+        brokers = len((await admin.describe_cluster())["brokers"])
+    finally:
+        await admin.close()
+    specs = topic_specs(replication_factor=min(REPLICATION_FACTOR, max(brokers, 1)))
+    for outcome in await ensure_kafka_topics(settings.kafka_bootstrap_servers, specs, settings.topic_prefix):
+        for drift in outcome.drift:
+            log.warning("topic %s differs from processor/topics.py: %s", outcome.name, drift)
+
+
 def build_http_app(settings: Settings, event_log: EventLog, db: Database, stripe_api: StripeApi) -> Starlette:
     """One app serving the webhook ingress, the sandbox API and the operator API."""
     routes: list[BaseRoute] = list(build_ingress_app(settings, event_log).routes)
@@ -110,7 +131,7 @@ async def run_service(settings: Settings, stop: asyncio.Event, *, emulator_port:
         await db.start(upgrade=True)
         stack.push_async_callback(db.stop)
         event_log = await stack.enter_async_context(open_event_log(settings, db))
-        await event_log.ensure_topics([settings.topic(name) for name in c.ALL_TOPICS])
+        await _ensure_topics(settings, event_log)
         stripe_api = await stack.enter_async_context(StripeApi(settings))
 
         server = uvicorn.Server(uvicorn.Config(

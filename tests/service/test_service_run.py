@@ -11,7 +11,11 @@ import time
 from pathlib import Path
 
 import httpx
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from processor import schemas
 from processor.devkafka import free_port
 
 
@@ -89,3 +93,58 @@ async def test_demo_ends_in_step_with_the_emulator() -> None:
     assert "OK: all 15 sandboxes are in the state the emulator (Stripe) says they are in." in output
     assert "duplicates absorbed" in output and "transitions published" in output
     assert time.monotonic() - started < 180
+
+
+async def test_run_on_kafka_creates_topics_from_the_spec_and_publishes(
+    tmp_path: Path, kafka_bootstrap: str, pg_dsn: str
+) -> None:
+    """With Kafka and an external database configured, `run` creates the topics as processor/topics.py says
+    (sandbox.state compacted) and a created sandbox's first transition reaches sandbox.transitions."""
+    prefix = f"run{os.getpid()}{int(time.time())}."
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROCESSOR_", "STRIPE_"))}
+    env.update(PROCESSOR_KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, PROCESSOR_DATABASE_URL=pg_dsn,
+               PROCESSOR_TOPIC_PREFIX=prefix)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "processor", "run", "--data-dir", str(tmp_path / "var"), "--port", str(port),
+        "--emulator-port", "0", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+    )
+    assert proc.stdout is not None
+    banner = ""
+    async with asyncio.timeout(90):
+        while "press Ctrl-C" not in banner:
+            line = (await proc.stdout.readline()).decode()
+            assert line, banner
+            banner += line
+    try:
+        assert f"Kafka at {kafka_bootstrap}" in banner
+        token = json.loads((tmp_path / "var" / "secrets.json").read_text())["api_token"]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
+                                     headers={"Authorization": f"Bearer {token}"}) as api:
+            created = await api.post("/v1/sandboxes", headers={"Idempotency-Key": "kafka-1"},
+                                     json={"email": "k@example.com", "country": "US"})
+            assert created.status_code == 201, created.text
+            sandbox_id = created.json()["id"]
+
+        consumer = AIOKafkaConsumer(f"{prefix}sandbox.transitions", bootstrap_servers=kafka_bootstrap,
+                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        await consumer.start()
+        try:
+            message = await asyncio.wait_for(consumer.getone(), 60)
+        finally:
+            await consumer.stop()
+        event = json.loads(message.value)
+        schemas.validate("sandbox-transition", event)
+        assert event["id"] == f"{sandbox_id}:unclaimed" and message.key == sandbox_id.encode()
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            described = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, f"{prefix}sandbox.state")])
+        finally:
+            await admin.close()
+        entries = {entry[0]: entry[1] for entry in described[0].resources[0][4]}
+        assert entries["cleanup.policy"] == "compact"
+    finally:
+        await stop_run(proc)
