@@ -1,14 +1,17 @@
 """Lifecycle benchmark: N sandboxes' events through Kafka -> `processor consume` -> PostgreSQL -> relay -> topics.
 
-The emulator (in this process, API latency 20 ms, rate limit off, webhooks off) holds the sandboxes; their
-events are written to stripe.events the way the ingress writes them (key, headers, `received-at` = now), each
-sandbox's events together. Then one `processor consume` process (consumer + relay) works through them:
+The emulator (API latency 20 ms, rate limit off, webhooks off) holds the sandboxes; their events are written to
+stripe.events the way the ingress writes them (key, headers, `received-at` = now), each sandbox's events
+together. Then one `processor consume` process (consumer + relay) works through them:
 
   phase A (throughput): the whole backlog; events/s, transitions/s, Stripe fetches per event, RSS before/after;
   phase B (latency): more sandboxes offered at a steady rate below capacity; p50/p99 from ingress-accepted
   (`received-at` of the reporting event) to the transition's append to sandbox.transitions.
 
 Baseline in the same run: a plain group consumer reading the same backlog and doing nothing (raw log rate).
+The emulator runs in a process of its own on uvloop, so that serving the consumer's fetches does not share a
+core with this process's bookkeeping; the CPU that the consumer and the emulator used in phase A is printed, to
+tell a consumer-bound figure from an emulator- or machine-bound one.
 
     .venv/bin/python bench/lifecycle.py                       # own Kafka broker + embedded PostgreSQL
     .venv/bin/python bench/lifecycle.py --sandboxes 2000 --bootstrap 127.0.0.1:9092
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import re
 import subprocess
@@ -27,6 +31,7 @@ import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +68,12 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process `pid` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def make_sandboxes(emu: RunningEmulator, count: int, seed: int) -> list[str]:
     ids = [emu.state.sandboxes.create(dict(PARAMS))[0].id for _ in range(count)]
     drive(emu, ids, seed=seed)
@@ -88,6 +99,31 @@ def records_for(emu: RunningEmulator, ids: list[str], start_seq: int) -> list[tu
         if sid in wanted:
             grouped[sid].append((envelope.key, body, envelope.id.encode(), envelope.type, envelope.object))
     return [item for sid in ids for item in grouped[sid]]
+
+
+Items = list[tuple[str, bytes, bytes, str, str]]
+
+
+def serve_emulator(pipe: Connection, sandboxes: int, latency_sandboxes: int) -> None:
+    """Child process: an emulator on uvloop holding both phases' sandboxes; sends where it is and their events."""
+    import uvloop
+
+    async def serve() -> None:
+        knobs = Knobs(api_latency_s=0.02, rate_limit_rps=0, delivery_enabled=False)
+        async with running_emulator(EmulatorConfig(knobs=knobs)) as emu:
+            items_a = records_for(emu, make_sandboxes(emu, sandboxes, seed=1), 0)
+            seq = emu.state.store.events[-1].seq
+            items_b = records_for(emu, make_sandboxes(emu, latency_sandboxes, seed=2), seq)
+            pipe.send((emu.base_url, emu.api_key, items_a, items_b))
+            # serve until the parent closes its end of the pipe (or kills us)
+            await asyncio.get_running_loop().run_in_executor(None, _wait_closed, pipe)
+
+    uvloop.run(serve())
+
+
+def _wait_closed(pipe: Connection) -> None:
+    with contextlib.suppress(EOFError, OSError):
+        pipe.recv()
 
 
 async def publish(
@@ -124,14 +160,16 @@ async def baseline_rate(log: KafkaEventLog, topic: str, total: int) -> float:
     seen = 0
     async with consumer:
         started = None
+        first = 0
         while seen < total:
             records = await consumer.poll(2000, 1.0)
             if records and started is None:
-                started = time.perf_counter()
+                # the clock starts after the first poll, so that poll's records are not counted either
+                started, first = time.perf_counter(), len(records)
             seen += len(records)
             if records:
                 await consumer.commit({records[-1].tp: records[-1].offset + 1})
-        return seen / (time.perf_counter() - (started or time.perf_counter()))
+        return (seen - first) / (time.perf_counter() - (started or time.perf_counter()))
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -203,13 +241,16 @@ async def main(args: argparse.Namespace) -> None:
     await conn.close()
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     topic = f"{prefix}{c.TOPIC_EVENTS}"
-    knobs = Knobs(api_latency_s=0.02, rate_limit_rps=0, delivery_enabled=False)
     consumer: subprocess.Popen[bytes] | None = None
+    parent_pipe, child_pipe = multiprocessing.get_context("spawn").Pipe()
+    emulator = multiprocessing.get_context("spawn").Process(
+        target=serve_emulator, args=(child_pipe, args.sandboxes, args.latency_sandboxes), daemon=True
+    )
+    emulator.start()
     try:
-        async with running_emulator(EmulatorConfig(knobs=knobs)) as emu, KafkaEventLog([bootstrap]) as log:
+        base_url, api_key, items, items_b = await asyncio.get_running_loop().run_in_executor(None, parent_pipe.recv)
+        async with KafkaEventLog([bootstrap]) as log:
             await log.ensure_topics([f"{prefix}{t}" for t in c.ALL_TOPICS])
-            ids = make_sandboxes(emu, args.sandboxes, seed=1)
-            items = records_for(emu, ids, 0)
             handled = sum(
                 1
                 for item in items
@@ -224,8 +265,8 @@ async def main(args: argparse.Namespace) -> None:
                 "PROCESSOR_DATABASE_URL": dsn,
                 "PROCESSOR_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                 "PROCESSOR_TOPIC_PREFIX": prefix,
-                "STRIPE_API_KEY": emu.api_key,
-                "STRIPE_API_BASE": emu.base_url,
+                "STRIPE_API_KEY": api_key,
+                "STRIPE_API_BASE": base_url,
                 "PROCESSOR_STRIPE_MAX_RPS": "100000",
                 "PROCESSOR_LOG_LEVEL": "WARNING",
             }
@@ -251,9 +292,15 @@ async def main(args: argparse.Namespace) -> None:
             while not await conn.fetchval("SELECT count(*) FROM processed_events"):  # noqa: ASYNC110 (polls another process)
                 await asyncio.sleep(0.01)
             started = time.perf_counter()
+            cpu_consumer, cpu_emulator = cpu_s(pid), cpu_s(emulator.pid or 0)
+            # what the first batch (or two) did before the clock started is left out of the rates
+            done_at_start = await conn.fetchval("SELECT count(*) FROM processed_events")
+            transitions_at_start = await conn.fetchval("SELECT count(*) FROM sandbox_history WHERE kind = 'transition'")
             await conn.close()
             finished = await wait_done(dsn, handled, 900)
             elapsed = finished - started
+            cpu_consumer = (cpu_s(pid) - cpu_consumer) / elapsed
+            cpu_emulator = (cpu_s(emulator.pid or 0) - cpu_emulator) / elapsed
             text = await scrape(health)
             rss_a = rss_mib(pid)
             transitions = metric(text, "processor_transitions_total")
@@ -261,9 +308,6 @@ async def main(args: argparse.Namespace) -> None:
             events = metric(text, "processor_consumer_events_total")
 
             # phase B: steady offered load well below capacity, for the latency figure
-            seq = emu.state.store.events[-1].seq
-            more = make_sandboxes(emu, args.latency_sandboxes, seed=2)
-            items_b = records_for(emu, more, seq)
             handled_b = sum(
                 1 for item in items_b if item[3].startswith(("v2.core.claimable_sandbox.", "account.application."))
             )
@@ -279,18 +323,33 @@ async def main(args: argparse.Namespace) -> None:
                 f"{len(items)} events, emulator API latency 20 ms, rate limit off"
             )
             print(f"  baseline raw log consume rate ..... {base:10.0f} records/s")
-            print(f"  consumer events/s ................. {events / elapsed:10.0f}  ({events:.0f} in {elapsed:.1f}s)")
-            print(f"  transitions/s ..................... {transitions / elapsed:10.0f}  ({transitions:.0f})")
+            rate = (events - done_at_start) / elapsed
+            print(
+                f"  consumer events/s ................. {rate:10.0f}  ({events:.0f}, of which"
+                f" {events - done_at_start:.0f} in {elapsed:.1f}s)"
+            )
+            print(
+                f"  transitions/s ..................... {(transitions - transitions_at_start) / elapsed:10.0f}"
+                f"  ({transitions:.0f})"
+            )
             print(f"  Stripe fetches per event .......... {fetches / max(events, 1):10.3f}  ({fetches:.0f})")
             print(
                 f"  latency received->published (B) ... p50 {pct(lat, 0.5):.0f} ms, p99 {pct(lat, 0.99):.0f} ms"
                 f"  ({len(lat)} transitions, {args.latency_sandboxes} sandboxes at {args.latency_rate:.0f} ev/s)"
             )
             print(
+                f"  CPU in phase A (1.0 = one core) ... consumer {cpu_consumer:.2f}, emulator {cpu_emulator:.2f}"
+                f" (machine: {os.cpu_count()} cores)"
+            )
+            print(
                 f"  consumer RSS ...................... start {rss_start:.0f} MiB, after A {rss_a:.0f} MiB, "
                 f"end {rss_end:.0f} MiB"
             )
     finally:
+        parent_pipe.close()
+        emulator.join(10)
+        if emulator.is_alive():
+            emulator.kill()
         if consumer is not None and consumer.poll() is None:
             consumer.kill()
         with contextlib.suppress(Exception):

@@ -5,6 +5,11 @@ sandbox, fetch each sandbox ONCE (rate-limited, retried), decide, apply everythi
 dead-letter the poison, and only then commit the offsets. A retriable failure (Stripe 429/5xx, database down)
 pauses the affected partitions, rewinds them to the batch start and retries after a backoff; the other
 partitions keep flowing. Nothing is dead-lettered for a retriable failure.
+
+Batches are pipelined, one deep: while batch N's transaction and offset commit run, batch N+1 is polled, parsed
+and fetched. Transactions and commits stay strictly in batch order (so per partition in offset order, and each
+commit after its own transaction); N+1 treats N's event ids as already processed, and drops its records of any
+partition that N rewound, since those are read again from N's first offset.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 
 from processor import constants as c
 from processor.applier import Applier, Observation
@@ -60,6 +65,53 @@ class ConsumerOptions:
     lag_interval_s: float = 15.0
 
 
+@dataclass(slots=True)
+class _Batch:
+    """A polled batch, parsed, deduplicated and fetched: what its transaction will apply."""
+
+    records: list[Record]
+    #: the first offset of each partition in the batch: where a retry rewinds to
+    first: dict[TopicPartition, int]
+    observations: list[Observation] = field(default_factory=list)
+    notices: list[Inbound] = field(default_factory=list)
+    accounts: list[Inbound] = field(default_factory=list)
+    poison: list[tuple[Record, PoisonEvent]] = field(default_factory=list)
+    #: partitions whose fetches hit a retriable error: not applied, not committed, rewound
+    failed: dict[TopicPartition, Exception] = field(default_factory=dict)
+    #: per partition, so that a partition read again is counted again and only then
+    duplicates: Counter[TopicPartition] = field(default_factory=Counter)
+    ignored: Counter[TopicPartition] = field(default_factory=Counter)
+
+    def drop(self, partitions: Collection[TopicPartition]) -> None:
+        """Forget the records of `partitions` (an earlier batch rewound them: they are read again)."""
+        gone = set(partitions) & set(self.first)
+        if not gone:
+            return
+        self.records = [r for r in self.records if r.tp not in gone]
+        self.first = {tp: offset for tp, offset in self.first.items() if tp not in gone}
+        observations = []
+        for observation in self.observations:
+            events = [e for e in observation.events if e.record.tp not in gone]
+            if events:
+                observation.events = events
+                observations.append(observation)
+        self.observations = observations
+        self.notices = [e for e in self.notices if e.record.tp not in gone]
+        self.accounts = [e for e in self.accounts if e.record.tp not in gone]
+        self.poison = [(r, exc) for r, exc in self.poison if r.tp not in gone]
+        self.failed = {tp: exc for tp, exc in self.failed.items() if tp not in gone}
+        for tp in gone:
+            self.duplicates.pop(tp, None)
+            self.ignored.pop(tp, None)
+
+    def applying_ids(self) -> set[str]:
+        """Ids the transaction records as processed: the next batch, prepared meanwhile, treats them as done."""
+        ids = {e.event_id for o in self.observations for e in o.events}
+        ids.update(e.event_id for e in self.notices)
+        ids.update(e.event_id for e in self.accounts)
+        return ids
+
+
 class LifecycleConsumer:
     """One member of the lifecycle group. `await LifecycleConsumer(...).run(stop_event)`."""
 
@@ -99,20 +151,46 @@ class LifecycleConsumer:
         return time.monotonic() - self.last_beat < within_s
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until `stop` is set; then finish the batch in hand, commit, and leave the group."""
+        """Consume until `stop` is set; then finish the batches in hand, commit, and leave the group."""
         consumer = self.log.consumer(self.group, [self.topic])
         lag_task: asyncio.Task[None] | None = None
         async with consumer:
             self._consumer = consumer
             lag_task = asyncio.create_task(self._watch_lag(stop), name="consumer-lag")
+            # The previous batch's transaction and commit, running while the next batch is polled and fetched;
+            # `applying_ids` are its events, which that next batch must not apply a second time. A rewind it
+            # does takes effect at the next `_resume_due`, so the loop collects it before getting there: the
+            # records of a rewound partition polled meanwhile are then known to be stale, and dropped.
+            applying: asyncio.Task[set[TopicPartition]] | None = None
+            applying_ids: Collection[str] = ()
             try:
                 while not stop.is_set():
                     self.last_beat = time.monotonic()
                     self._resume_due(consumer)
                     records = await consumer.poll(self.options.batch_size, self.options.poll_timeout_s)
-                    if records:
-                        await self.handle(consumer, records)
+                    if not records:
+                        if applying is not None and applying.done():
+                            applying.result()  # re-raises what ended the batch (the log failing on commit)
+                            applying, applying_ids = None, ()
+                        continue
+                    batch = await self._prepare_or_error(records, applying_ids)
+                    rewound: set[TopicPartition] = set()
+                    if applying is not None:
+                        rewound = await applying
+                        applying, applying_ids = None, ()
+                    if isinstance(batch, Exception):  # read all of it again later (but not before a rewind)
+                        first: dict[TopicPartition, int] = {}
+                        for record in records:
+                            first.setdefault(record.tp, record.offset)
+                        rewind = {tp: offset for tp, offset in first.items() if tp not in rewound}
+                        await self._retry_later(consumer, rewind, batch)
+                        continue
+                    batch.drop(rewound)
+                    applying_ids = batch.applying_ids()
+                    applying = asyncio.create_task(self._finish(consumer, batch), name="consumer-batch")
             finally:
+                if applying is not None:
+                    await applying
                 lag_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await lag_task
@@ -120,21 +198,27 @@ class LifecycleConsumer:
         log.info("lifecycle consumer stopped after %d batches", self.batches)
 
     # --- one batch -----------------------------------------------------------------------------------------
-    async def handle(self, consumer: LogConsumer, records: Sequence[Record]) -> None:
-        """Process one polled batch and commit it, or rewind the partitions that must be retried."""
-        self.batches += 1
-        first: dict[TopicPartition, int] = {}
-        for record in records:
-            first.setdefault(record.tp, record.offset)
+    async def _prepare_or_error(self, records: Sequence[Record], skip_ids: Collection[str]) -> _Batch | Exception:
+        """`_prepare`, or the error that kept the whole batch from being prepared (database, log)."""
         try:
-            failed = await self._process(records)
+            return await self._prepare(records, skip_ids)
+        except Exception as exc:  # the caller retries all of the batch's partitions
+            return exc
+
+    async def _finish(self, consumer: LogConsumer, batch: _Batch) -> set[TopicPartition]:
+        """Apply a prepared batch, then commit it; returns the partitions rewound for a retry."""
+        self.batches += 1
+        if not batch.records:
+            return set()
+        try:
+            failed = await self._apply(batch)
         except Exception as exc:  # a failure of the whole batch (database, log): retry all of its partitions
-            await self._retry_later(consumer, first, exc)
-            return
+            await self._retry_later(consumer, batch.first, exc)
+            return set(batch.first)
         if failed:
-            await self._retry_later(consumer, {tp: first[tp] for tp in failed}, failed[next(iter(failed))])
+            await self._retry_later(consumer, {tp: batch.first[tp] for tp in failed}, failed[next(iter(failed))])
         offsets: dict[TopicPartition, int] = {}
-        for record in records:
+        for record in batch.records:
             if record.tp not in failed:
                 offsets[record.tp] = record.offset + 1
         try:
@@ -143,34 +227,36 @@ class LifecycleConsumer:
             # the partitions moved to another member, which reads them again from the last commit: the
             # effects are already in the database, so that redelivery is a no-op
             log.warning("offsets not committed: %s", exc)
-            return
+            return set(failed)
         self._committed.update(offsets)
         for tp in offsets:
             self._attempts.pop(tp, None)
+        return set(failed)
 
-    async def _process(self, records: Sequence[Record]) -> dict[TopicPartition, Exception]:
-        """Apply a batch; returns the partitions that hit a retriable error (their records are not applied)."""
+    async def _prepare(self, records: Sequence[Record], skip_ids: Collection[str]) -> _Batch:
+        """Parse, deduplicate (in the batch, `skip_ids`, processed_events) and fetch each sandbox once."""
+        batch = _Batch(list(records), {})
+        for record in records:
+            batch.first.setdefault(record.tp, record.offset)
         events: list[Inbound] = []
-        poison: list[tuple[Record, PoisonEvent]] = []
         seen: set[str] = set()
-        duplicates = ignored = 0
         for record in records:
             try:
                 event = parse(record)
             except MalformedEvent as exc:
-                poison.append((record, exc))
+                batch.poison.append((record, exc))
                 continue
-            if event.event_id in seen:
-                duplicates += 1
+            if event.event_id in seen or event.event_id in skip_ids:
+                batch.duplicates[record.tp] += 1
                 continue
             seen.add(event.event_id)
             if event.action is Action.IGNORE:
-                ignored += 1
+                batch.ignored[record.tp] += 1
                 log.debug("ignoring event %s of type %s", event.event_id, event.type)
                 continue
             events.append(event)
         done = await self.applier.already_processed([e.event_id for e in events])
-        duplicates += sum(1 for e in events if e.event_id in done)
+        batch.duplicates.update(e.record.tp for e in events if e.event_id in done)
         events = [e for e in events if e.event_id not in done]
 
         by_sandbox: dict[str, list[Inbound]] = defaultdict(list)
@@ -180,29 +266,33 @@ class LifecycleConsumer:
         fetched = await asyncio.gather(
             *(self._observe(sid, evs) for sid, evs in by_sandbox.items()), return_exceptions=True
         )
-        failed: dict[TopicPartition, Exception] = {}
-        observations: list[Observation] = []
         for (sandbox_id, evs), outcome in zip(by_sandbox.items(), fetched, strict=True):
             if isinstance(outcome, Observation):
-                observations.append(outcome)
+                batch.observations.append(outcome)
             elif isinstance(outcome, PoisonEvent):
-                poison.extend((e.record, outcome) for e in evs)
+                batch.poison.extend((e.record, outcome) for e in evs)
             elif isinstance(outcome, Exception):
                 log.warning("fetching sandbox %s failed, will retry: %s", sandbox_id, outcome)
                 for event in evs:
-                    failed.setdefault(event.record.tp, outcome)
+                    batch.failed.setdefault(event.record.tp, outcome)
             else:  # CancelledError and friends are not ours to swallow
                 raise outcome
-        if failed:
-            # Everything that succeeded is still applied (its redelivery is then a cheap duplicate), so a retry
-            # only re-fetches the sandboxes that failed: under a high error rate the partition makes progress
-            # instead of needing every fetch of a batch to succeed at once. The offsets of a failed partition
-            # are not committed, and its poison waits for the retry so it is dead-lettered only once.
-            poison = [(r, exc) for r, exc in poison if r.tp not in failed]
-            duplicates = ignored = 0  # recounted when the partition is read again
-        notices = [e for e in events if e.action is Action.NOTICE]
-        accounts = [e for e in events if e.action is Action.ACCOUNT]
-        result = await self.applier.apply(observations, notices, accounts)
+        batch.notices = [e for e in events if e.action is Action.NOTICE]
+        batch.accounts = [e for e in events if e.action is Action.ACCOUNT]
+        return batch
+
+    async def _apply(self, batch: _Batch) -> dict[TopicPartition, Exception]:
+        """Apply a batch; returns the partitions that hit a retriable error (their records are not applied)."""
+        failed = batch.failed
+        # Everything that succeeded is still applied (its redelivery is then a cheap duplicate), so a retry only
+        # re-fetches the sandboxes that failed: under a high error rate the partition makes progress instead of
+        # needing every fetch of a batch to succeed at once. The offsets of a failed partition are not
+        # committed, and its poison waits for the retry so it is dead-lettered only once.
+        poison = [(r, exc) for r, exc in batch.poison if r.tp not in failed]
+        # a failed partition's duplicates and ignored events are counted when it is read again
+        duplicates = sum(n for tp, n in batch.duplicates.items() if tp not in failed)
+        ignored = sum(n for tp, n in batch.ignored.items() if tp not in failed)
+        result = await self.applier.apply(batch.observations, batch.notices, batch.accounts)
         poison.extend((event.record, error) for event, error in result.poison if event.record.tp not in failed)
         if poison:
             await self.log.publish_many(
@@ -317,7 +407,8 @@ class LifecycleConsumer:
             stuck = await conn.fetchval(
                 "SELECT count(*) FROM sandboxes WHERE state <> ALL($1::text[])"
                 " AND updated_at < now() - make_interval(secs => $2)",
-                [str(State.UNCLAIMED), str(State.LIVE), str(State.EXPIRED)], STUCK_AFTER_S,
+                [str(State.UNCLAIMED), str(State.LIVE), str(State.EXPIRED)],
+                STUCK_AFTER_S,
             )
         self.metrics.sandboxes_stuck.set(stuck)
 

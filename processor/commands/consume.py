@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from dataclasses import replace
 
+from processor import eventloop
 from processor.commands.workerargs import add_health_port, worker_settings
 from processor.consumer import ConsumerOptions
 from processor.worker import WorkerOptions, serve_worker
@@ -31,5 +31,5 @@ def run(args: argparse.Namespace) -> int:
         health_host=settings.host,
         consumer=replace(ConsumerOptions(), batch_size=max(1, args.batch_size)),
     )
-    asyncio.run(serve_worker(settings, options))
+    eventloop.run(serve_worker(settings, options))
     return 0

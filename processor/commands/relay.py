@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
+from processor import eventloop
 from processor.commands.workerargs import add_health_port, worker_settings
 from processor.relay import DEFAULT_BATCH
 from processor.worker import WorkerOptions, serve_worker
@@ -21,11 +21,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     settings = worker_settings()
-    asyncio.run(
+    eventloop.run(
         serve_worker(
             settings,
-            WorkerOptions(consume=False, relay=True, health_port=args.health_port, health_host=settings.host,
-                          relay_batch=max(1, args.batch_size)),
+            WorkerOptions(
+                consume=False,
+                relay=True,
+                health_port=args.health_port,
+                health_host=settings.host,
+                relay_batch=max(1, args.batch_size),
+            ),
         )
     )
     return 0

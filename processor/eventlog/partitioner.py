@@ -3,9 +3,26 @@ Kafka with the same partition count."""
 
 from __future__ import annotations
 
+import functools
+import random
+from collections.abc import Sequence
+
 from aiokafka.partitioner import murmur2
+
+
+@functools.lru_cache(maxsize=65536)
+def _positive_hash(key: bytes) -> int:
+    # aiokafka's murmur2 is pure Python (~5 us); sandbox ids repeat in every batch, so the hash is cached
+    return int(murmur2(key) & 0x7FFFFFFF)
 
 
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for a non-null key (murmur2, positive, modulo)."""
-    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
+    return _positive_hash(key) % partitions
+
+
+def cached_default_partitioner(key: bytes | None, all_partitions: Sequence[int], available: Sequence[int]) -> int:
+    """aiokafka's DefaultPartitioner (same partitions for the same keys) with the key hash cached."""
+    if key is None:
+        return random.choice(available or all_partitions)
+    return all_partitions[_positive_hash(key) % len(all_partitions)]
