@@ -95,6 +95,18 @@ def fetch_jars(cache_dir: Path | None = None) -> Path:
     return lib
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id: 16 bytes, URL-safe base64 without padding, like Kafka's Uuid.randomUuid.
+
+    Like Kafka, never one starting with '-': the storage tool's argument parser would take it for an option
+    (one id in 64 did; CI caught it).
+    """
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -179,8 +191,8 @@ class KafkaBroker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self._configure()
         if not (self.workdir / "data" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            fmt = self._java(lib, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config))
+            fmt = self._java(lib, "kafka.tools.StorageTool", "format", f"--cluster-id={new_cluster_id()}",
+                             "-c", str(config))
             result = subprocess.run(fmt, capture_output=True, text=True, check=False)  # noqa: S603
             if result.returncode != 0:
                 raise BrokerError(f"formatting the KRaft log failed:\n{result.stdout}\n{result.stderr}")

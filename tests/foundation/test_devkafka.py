@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from processor.devkafka import KAFKA_VERSION, default_cache_dir, fetch_jars
+from processor.devkafka import KAFKA_VERSION, default_cache_dir, fetch_jars, new_cluster_id
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -40,3 +40,10 @@ def test_cli_starts_reports_and_stops_a_broker(tmp_path: Path) -> None:
         stopped = run_cli("dev", "kafka", "stop", "--dir", str(workdir))
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert run_cli("dev", "kafka", "status", "--dir", str(workdir)).returncode == 3
+
+
+def test_cluster_ids_never_look_like_options() -> None:
+    """Generated KRaft cluster ids are 22 URL-safe characters and never start with '-' (argparse would choke)."""
+    ids = {new_cluster_id() for _ in range(5000)}
+    assert len(ids) == 5000
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
