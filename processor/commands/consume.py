@@ -6,7 +6,7 @@ import argparse
 from dataclasses import replace
 
 from processor import eventloop
-from processor.commands.workerargs import add_health_port, worker_settings
+from processor.commands.options import add_health_port, worker_settings
 from processor.consumer import ConsumerOptions
 from processor.worker import WorkerOptions, serve_worker
 

@@ -8,6 +8,7 @@ import sys
 
 import orjson
 
+from processor.commands.options import add_report_options
 from processor.errors import ProcessorError
 from processor.operations.progress import progress_for
 from processor.operations.reconcile import ReconcileReport, reconcile
@@ -26,13 +27,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--no-discover", action="store_true", help="skip the search for sandboxes we do not know")
     parser.add_argument("--limit", type=int, help="check at most this many sandboxes in this run")
     parser.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar on stderr (default: when stderr is a terminal)",
-    )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_report_options(parser)
     parser.set_defaults(handler=run)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from processor import eventloop
-from processor.commands.workerargs import add_health_port, worker_settings
+from processor.commands.options import add_health_port, worker_settings
 from processor.relay import DEFAULT_BATCH
 from processor.worker import WorkerOptions, serve_worker
 

@@ -9,6 +9,7 @@ import sys
 
 import orjson
 
+from processor.commands.options import add_report_options
 from processor.errors import ProcessorError
 from processor.operations.dlq import DlqFilter
 from processor.operations.progress import progress_for
@@ -41,13 +42,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--dlq-sandbox", metavar="ID", help="--from-dlq: only events of this sandbox")
     parser.add_argument("--dry-run", action="store_true", help="print what would be replayed, publish nothing")
     parser.add_argument("--run-id", help="resume (or name) this run; default: derived from the options")
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar on stderr (default: when stderr is a terminal)",
-    )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_report_options(parser)
     parser.set_defaults(handler=run)
 
 

@@ -1,4 +1,4 @@
-"""Options shared by the worker commands (`consume`, `relay`): health endpoint and logging."""
+"""Options shared by several commands: the workers' health endpoint and logging, the operator jobs' output."""
 
 from __future__ import annotations
 
@@ -20,3 +20,14 @@ def worker_settings() -> Settings:
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     return settings
+
+
+def add_report_options(parser: argparse.ArgumentParser) -> None:
+    """`--progress/--no-progress` and `--json` of the long operator jobs (replay, reconcile)."""
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
