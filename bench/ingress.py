@@ -40,8 +40,9 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from processor.devkafka import KafkaBroker, free_port  # noqa: E402
+from processor.devkafka import KafkaBroker  # noqa: E402
 from processor.ingress.signature import sign  # noqa: E402
+from processor.serving import free_port  # noqa: E402
 
 SECRET = "whsec_bench_0123456789abcdef"
 PATH = "/webhooks/stripe"

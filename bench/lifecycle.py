@@ -48,11 +48,12 @@ from lifecycle_harness import PATHS, drive  # noqa: E402
 from processor import constants as c  # noqa: E402
 from processor import migrate  # noqa: E402
 from processor.database import start_embedded_server  # noqa: E402
-from processor.devkafka import KafkaBroker, free_port  # noqa: E402
+from processor.devkafka import KafkaBroker  # noqa: E402
 from processor.emulator.config import EmulatorConfig, Knobs  # noqa: E402
 from processor.emulator.runner import RunningEmulator, running_emulator  # noqa: E402
 from processor.eventlog.kafka import KafkaEventLog  # noqa: E402
 from processor.ingress.envelope import parse_envelope  # noqa: E402
+from processor.serving import free_port  # noqa: E402
 
 PARAMS = {
     "enable_mcp_access": False,

@@ -25,10 +25,10 @@ import orjson
 
 from processor import constants as c
 from processor.database import Database
-from processor.devkafka import free_port
 from processor.eventlog.postgres import PostgresEventLog
 from processor.lifecycle import State, observed_state
 from processor.service import ServiceInfo, run_service
+from processor.serving import free_port
 from processor.settings import Settings
 
 #: how the demo's sandboxes are spread over the paths a real user can take

@@ -17,6 +17,8 @@ import time
 import uuid
 from pathlib import Path
 
+from processor.serving import free_port
+
 KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.24.3"
 #: how long a broker may take to come up on a loaded 2-core machine
@@ -105,12 +107,6 @@ def new_cluster_id() -> str:
         candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not candidate.startswith("-"):
             return candidate
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _port_open(port: int) -> bool:

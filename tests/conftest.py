@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -137,10 +137,3 @@ async def pg_log(database: Database) -> AsyncIterator[PostgresEventLog]:
     log = PostgresEventLog(database.pool, partitions=4, session_timeout_s=PG_SESSION_TIMEOUT_S)
     async with log:
         yield log
-
-
-@pytest.fixture
-def free_port() -> Callable[[], int]:
-    from processor.devkafka import free_port as _free_port
-
-    return _free_port

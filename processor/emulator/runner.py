@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-import uvicorn
-
 from processor.emulator.app import build_app
 from processor.emulator.config import EmulatorConfig, Knobs
 from processor.emulator.state import EmulatorState
 from processor.emulator.webhooks import Attempt, Endpoint
+from processor.serving import free_port, serving
 
 
 @dataclass
@@ -47,32 +44,12 @@ class RunningEmulator:
         await self.state.deliverer.wait_idle(within_s)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 @asynccontextmanager
 async def running_emulator(config: EmulatorConfig | None = None) -> AsyncIterator[RunningEmulator]:
     """Start the emulator with uvicorn in this event loop; stop it (and its deliveries) on exit."""
     config = config or EmulatorConfig()
     if config.port == 0:
-        config = replace(config, port=_free_port(config.host))
+        config = replace(config, port=free_port(config.host))
     state = EmulatorState(config)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            build_app(state), host=config.host, port=config.port, log_level="warning", lifespan="on"
-        )
-    )
-    task = asyncio.get_running_loop().create_task(server.serve(), name="emulator server")
-    try:
-        while not server.started:
-            if task.done():
-                task.result()  # re-raises why the server could not start
-                raise RuntimeError("the emulator server stopped before it started")
-            await asyncio.sleep(0.01)
-        yield RunningEmulator(f"http://{config.host}:{config.port}", config.api_keys[0], state)
-    finally:
-        server.should_exit = True
-        await task
+    async with serving(build_app(state), host=config.host, port=config.port, lifespan="on") as base_url:
+        yield RunningEmulator(base_url, config.api_keys[0], state)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 
 from processor import constants as c
@@ -23,18 +20,13 @@ from processor.emulator.runner import RunningEmulator, running_emulator
 from processor.eventlog.base import Record
 from processor.inbound import Action, Inbound
 from processor.lifecycle import observed_state
+from processor.serving import free_port, serving
 from processor.settings import Secret, Settings
 from processor.stripe_client import StripeApi
 
 TOKEN = "tok_api_test_4f1c0b7e9a2d4c3b8e5f6a7b"
 OTHER_TOKEN = "tok_api_test_other_77aa55cc33ee11ff"
 SIGNING_KEY = "signing-key-for-tests-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -89,18 +81,7 @@ async def api_stack(
         )
         async with StripeApi(settings, max_attempts=2, base_delay_s=0.01, max_delay_s=0.02) as stripe:
             app = Starlette(routes=build_api_routes(settings, db, stripe, refresh_limit=refresh_limit))
-            server = uvicorn.Server(
-                uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-            )
-            task = asyncio.create_task(server.serve())
-            while not server.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.01)
-            try:
+            async with serving(app, port=port, lifespan="off"):
                 headers = {"Authorization": f"Bearer {TOKEN}"}
                 async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
                     yield ApiStack(url, client, emu, settings, db, stripe)
-            finally:
-                server.should_exit = True
-                await task

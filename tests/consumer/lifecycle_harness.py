@@ -8,7 +8,6 @@ import contextlib
 import itertools
 import json
 import random
-import socket
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,7 +15,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncpg
-import uvicorn
 
 from processor import constants as c
 from processor.emulator.config import EmulatorConfig, Knobs
@@ -26,35 +24,18 @@ from processor.ingress import build_app
 from processor.lifecycle import State, observed_state
 from processor.lifecycle.machine import transitions
 from processor.schemas import validate
+from processor.serving import serving
 from processor.settings import Secret, Settings
 from processor.stripe_client import StripeApi
 
 WEBHOOK_SECRET = "whsec_test_lifecycle_0123456789abcdef"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def running_ingress(settings: Settings, log: EventLog) -> AsyncIterator[str]:
     """The real ingress app on a free port, publishing to `log`; yields its webhook URL."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(build_app(settings, log), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}/webhooks/stripe"
-    finally:
-        server.should_exit = True
-        await task
+    async with serving(build_app(settings, log)) as url:
+        yield f"{url}/webhooks/stripe"
 
 
 @dataclass

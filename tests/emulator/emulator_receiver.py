@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from processor.serving import free_port, serving
 
 #: decides the answer to one delivery from its raw body and its Stripe-Signature header
 Handler = Callable[[bytes, str], Awaitable[int]]
@@ -29,12 +28,6 @@ class Delivery:
 class Receiver:
     url: str
     deliveries: list[Delivery] = field(default_factory=list)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _accept(body: bytes, signature: str) -> int:
@@ -55,14 +48,5 @@ async def running_receiver(handler: Handler = _accept) -> AsyncIterator[Receiver
         return Response(status_code=status)
 
     app = Starlette(routes=[Route("/webhooks", webhook, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    task = asyncio.get_running_loop().create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
+    async with serving(app, port=port, lifespan="off"):
         yield receiver
-    finally:
-        server.should_exit = True
-        await task

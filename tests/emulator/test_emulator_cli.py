@@ -7,11 +7,11 @@ import sys
 
 import httpx
 import pytest
-from emulator_receiver import free_port
 
 from processor.cli import build_parser
 from processor.commands.emulator import config_from_args
 from processor.errors import ConfigError
+from processor.serving import free_port
 
 
 def test_options_become_config() -> None:

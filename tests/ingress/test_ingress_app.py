@@ -13,16 +13,15 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-import uvicorn
 from aiokafka import AIOKafkaConsumer
-from starlette.applications import Starlette
 
 from processor import constants as c
-from processor.devkafka import KafkaBroker, free_port
+from processor.devkafka import KafkaBroker
 from processor.eventlog.base import EventLog, Record
 from processor.eventlog.kafka import KafkaEventLog
 from processor.ingress import build_app
 from processor.ingress.signature import sign
+from processor.serving import free_port, serving
 from processor.settings import Secret, Settings
 
 SECRETS = ("whsec_current_0123456789abcdef", "whsec_previous_fedcba9876543210")
@@ -56,23 +55,6 @@ def signed(body: bytes, secret: str = SECRETS[0], offset: int = 0) -> dict[str, 
     return {"Stripe-Signature": sign(body, secret, int(time.time()) + offset), "Content-Type": "application/json"}
 
 
-@contextlib.asynccontextmanager
-async def serve(app: Starlette) -> AsyncIterator[str]:
-    """Run `app` under uvicorn on a free port of 127.0.0.1; yield its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
 def ingress_settings(base: Settings, **changes: object) -> Settings:
     secrets = tuple(Secret(s) for s in SECRETS)
     return dataclasses.replace(
@@ -86,7 +68,7 @@ def ingress_settings(base: Settings, **changes: object) -> Settings:
 @contextlib.asynccontextmanager
 async def ingress(settings: Settings, log: EventLog) -> AsyncIterator[httpx.AsyncClient]:
     app = build_app(ingress_settings(settings), log, body_timeout_s=BODY_TIMEOUT_S)
-    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
         yield client
 
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 
 import httpx
-import uvicorn
 from ops_harness import (
     check_paths,
     create_sandboxes,
@@ -30,6 +28,7 @@ from processor.inbound import OBSERVATION_TYPES
 from processor.operations.dlq import DlqFilter, list_dlq
 from processor.operations.http import ops_routes
 from processor.operations.replay import ReplayRequest, replay
+from processor.serving import serving
 from processor.settings import Secret, Settings
 from processor.stripe_client import StripeApi
 
@@ -37,7 +36,7 @@ TOKEN = "ops-token-0123456789"
 
 
 async def test_dlq_replay_after_the_fix_transitions_each_sandbox_exactly_once(
-    kafka_settings: Settings, kafka_log: KafkaEventLog, pg_dsn: str, free_port: object
+    kafka_settings: Settings, kafka_log: KafkaEventLog, pg_dsn: str
 ) -> None:
     """Sandbox events dead-lettered (sandbox_not_found) under a wrong Stripe account are replayed after the fix:
     every sandbox reaches Stripe's state with each transition published once, the DLQ shows nothing open,
@@ -82,23 +81,14 @@ async def test_dlq_replay_after_the_fix_transitions_each_sandbox_exactly_once(
 
             # the HTTP twin answers only with a token, and shows the same DLQ
             app = Starlette(routes=ops_routes(replace(good, api_tokens=(Secret(TOKEN),)), kafka_log, db, None))
-            port = free_port()  # type: ignore[operator]
-            server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-            task = asyncio.create_task(server.serve())
-            while not server.started:  # noqa: ASYNC110 (uvicorn exposes a flag, not an event)
-                await asyncio.sleep(0.01)
-            try:
-                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-                    assert (await http.get("/v1/ops/dlq")).status_code == 401
-                    wrong_token = await http.get("/v1/ops/dlq", headers={"Authorization": "Bearer nope"})
-                    assert wrong_token.status_code == 401
-                    auth = {"Authorization": f"Bearer {TOKEN}"}
-                    listed = await http.get("/v1/ops/dlq", params={"include_resolved": "true"}, headers=auth)
-                    assert listed.status_code == 200 and len(listed.json()["data"]) == delivered
-                    shown = await http.get(f"/v1/ops/sandboxes/{ids[0]}", headers=auth)
-                    assert shown.json()["sandbox"]["state"] == expected[ids[0]]
-                    dry = await http.post("/v1/ops/replay", json={"source": "dlq", "dry_run": True}, headers=auth)
-                    assert dry.json()["replayed"] == 0
-            finally:
-                server.should_exit = True
-                await task
+            async with serving(app, lifespan="auto") as url, httpx.AsyncClient(base_url=url) as http:
+                assert (await http.get("/v1/ops/dlq")).status_code == 401
+                wrong_token = await http.get("/v1/ops/dlq", headers={"Authorization": "Bearer nope"})
+                assert wrong_token.status_code == 401
+                auth = {"Authorization": f"Bearer {TOKEN}"}
+                listed = await http.get("/v1/ops/dlq", params={"include_resolved": "true"}, headers=auth)
+                assert listed.status_code == 200 and len(listed.json()["data"]) == delivered
+                shown = await http.get(f"/v1/ops/sandboxes/{ids[0]}", headers=auth)
+                assert shown.json()["sandbox"]["state"] == expected[ids[0]]
+                dry = await http.post("/v1/ops/replay", json={"source": "dlq", "dry_run": True}, headers=auth)
+                assert dry.json()["replayed"] == 0

@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from processor import schemas
-from processor.devkafka import free_port
+from processor.serving import free_port
 
 
 async def start_run(data_dir: Path, port: int) -> asyncio.subprocess.Process:

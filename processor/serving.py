@@ -1,0 +1,42 @@
+"""Serving an ASGI app with uvicorn inside the running event loop, on a free port of this machine.
+
+The emulator, the demo, the benchmarks and the tests all start servers this way; `processor run` and
+`processor ingress` own their uvicorn servers because they also handle signals and shutdown order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import uvicorn
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@asynccontextmanager
+async def serving(
+    app: Any, *, host: str = "127.0.0.1", port: int = 0, lifespan: Literal["auto", "on", "off"] = "on"
+) -> AsyncIterator[str]:
+    """Serve `app` until the block ends (port 0 = a free one); yields the base URL once it accepts connections."""
+    port = port or free_port(host)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan=lifespan))
+    task = asyncio.get_running_loop().create_task(server.serve(), name=f"uvicorn {host}:{port}")
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # re-raises why the server could not start
+                raise RuntimeError(f"the server on {host}:{port} stopped before it started")
+            await asyncio.sleep(0.01)
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        await task
