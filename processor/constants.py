@@ -31,6 +31,10 @@ H_ATTEMPTS = "attempts"
 H_ORIGINAL_TOPIC = "original.topic"
 H_ORIGINAL_PARTITION = "original.partition"
 H_ORIGINAL_OFFSET = "original.offset"
+#: every header the DLQ adds; a record that leaves the DLQ (replay, a second dead-lettering) drops them
+DLQ_ERROR_HEADERS = frozenset({
+    H_ERROR_CLASS, H_ERROR_MESSAGE, H_FAILED_AT, H_ATTEMPTS, H_ORIGINAL_TOPIC, H_ORIGINAL_PARTITION, H_ORIGINAL_OFFSET,
+})
 
 # --- Stripe ---------------------------------------------------------------------------------------------------
 STRIPE_API_VERSION = "2026-04-22.preview"

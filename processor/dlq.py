@@ -11,22 +11,11 @@ from processor.lifecycle.messages import rfc3339
 
 #: a DLQ header carries a summary, not an essay; the full reason is in the consumer's log
 MAX_MESSAGE_CHARS = 1000
-_ERROR_HEADERS = frozenset(
-    {
-        c.H_ERROR_CLASS,
-        c.H_ERROR_MESSAGE,
-        c.H_FAILED_AT,
-        c.H_ATTEMPTS,
-        c.H_ORIGINAL_TOPIC,
-        c.H_ORIGINAL_PARTITION,
-        c.H_ORIGINAL_OFFSET,
-    }
-)
 
 
 def dlq_headers(record: Record, error: ProcessorError, attempts: int, failed_at: datetime | None = None) -> Headers:
     """The input's own headers (a replayed DLQ record's old error headers dropped) followed by the error's."""
-    kept = [(name, value) for name, value in record.headers if name not in _ERROR_HEADERS]
+    kept = [(name, value) for name, value in record.headers if name not in c.DLQ_ERROR_HEADERS]
     moment = failed_at or datetime.now(UTC)
     return (
         *kept,

@@ -27,6 +27,7 @@ from processor.eventlog.base import EventLog
 from processor.ingress.envelope import EnvelopeError, parse_envelope
 from processor.ingress.metrics import IngressMetrics
 from processor.ingress.signature import Verifier, parse_header
+from processor.lifecycle.messages import rfc3339
 from processor.settings import Settings
 
 #: a whole body must arrive within this many seconds; Stripe sends a few KiB at once
@@ -61,10 +62,6 @@ def _error(status: int, code: str, *, close: bool = False) -> Response:
     if status == 503:
         headers["Retry-After"] = str(c.RETRY_AFTER_SECONDS)
     return Response(b'{"error":"%s"}' % code.encode(), status, headers, _JSON)
-
-
-def _rfc3339(epoch: float) -> bytes:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z").encode()
 
 
 class Ingress:
@@ -149,7 +146,7 @@ class Ingress:
             (c.H_EVENT_ID, event_id.encode()),
             (c.H_EVENT_TYPE, event_type.encode()),
             (c.H_OBJECT, kind.encode()),
-            (c.H_RECEIVED_AT, _rfc3339(time.time())),
+            (c.H_RECEIVED_AT, rfc3339(datetime.now(UTC)).encode()),
             (c.H_SECRET_INDEX, b"%d" % secret_index),
         )
         try:

@@ -35,23 +35,9 @@ from processor.stripe_client import StripeApi
 
 log = logging.getLogger(__name__)
 
-# header values: H_REPLAY_RUN = the run id; H_REPLAY_OF = `dlq:P:O`, `events:P:O` or `stripe:<event id>`
-H_REPLAY_RUN = c.H_REPLAY_RUN
-H_REPLAY_OF = c.H_REPLAY_OF
 #: headers a copy does not inherit: the DLQ's error headers and an earlier replay's own
-_NOT_COPIED = frozenset(
-    {
-        c.H_ERROR_CLASS,
-        c.H_ERROR_MESSAGE,
-        c.H_FAILED_AT,
-        c.H_ATTEMPTS,
-        c.H_ORIGINAL_TOPIC,
-        c.H_ORIGINAL_PARTITION,
-        c.H_ORIGINAL_OFFSET,
-        H_REPLAY_RUN,
-        H_REPLAY_OF,
-    }
-)
+#: (values: replay.run-id = the run id; replay.of = `dlq:P:O`, `events:P:O` or `stripe:<event id>`)
+_NOT_COPIED = c.DLQ_ERROR_HEADERS | {c.H_REPLAY_RUN, c.H_REPLAY_OF}
 #: Stripe keeps events for 30 days
 STRIPE_RETENTION = timedelta(days=30)
 #: the fields of a v2 event that make its thin notification (what a webhook delivers)
@@ -192,7 +178,7 @@ class _Run:
 
 def _copy(record: Record, identity: str, run_id: str) -> _Candidate:
     headers = [(k, v) for k, v in record.headers if k not in _NOT_COPIED]
-    headers += [(H_REPLAY_RUN, run_id.encode()), (H_REPLAY_OF, identity.encode())]
+    headers += [(c.H_REPLAY_RUN, run_id.encode()), (c.H_REPLAY_OF, identity.encode())]
     event_id = event_type = None
     try:
         body = orjson.loads(record.value)
@@ -228,8 +214,8 @@ def stripe_candidate(event: dict[str, Any], run_id: str) -> _Candidate:
         (c.H_RECEIVED_AT, rfc3339(datetime.now(UTC)).encode()),
         # fetched over the authenticated API, verified by no webhook secret: no stripe.secret-index header;
         # `replay.of` says where the record came from (schemas/asyncapi.yaml)
-        (H_REPLAY_RUN, run_id.encode()),
-        (H_REPLAY_OF, identity.encode()),
+        (c.H_REPLAY_RUN, run_id.encode()),
+        (c.H_REPLAY_OF, identity.encode()),
     )
     return _Candidate(identity, envelope.id, envelope.type, envelope.key.encode(), body, headers)
 
@@ -408,8 +394,8 @@ async def _replayed_by(
     events: set[str] = set()
     async for chunk in dlq_ops.read_partitions(log_, await log_.end_offsets(topic), starts=bound):
         for record in chunk:
-            if record.header(H_REPLAY_RUN) == run_id:
-                identities.add(record.header(H_REPLAY_OF) or "")
+            if record.header(c.H_REPLAY_RUN) == run_id:
+                identities.add(record.header(c.H_REPLAY_OF) or "")
                 if event_id := record.header(c.H_EVENT_ID):
                     events.add(event_id)
     return identities, events

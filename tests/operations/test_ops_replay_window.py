@@ -16,10 +16,11 @@ from ops_harness import (
 )
 
 from processor import constants as c
+from processor.constants import H_REPLAY_OF, H_REPLAY_RUN
 from processor.database import Database
 from processor.eventlog.kafka import KafkaEventLog
 from processor.eventlog.postgres import PostgresEventLog
-from processor.operations.replay import H_REPLAY_OF, H_REPLAY_RUN, ReplayRequest, replay
+from processor.operations.replay import ReplayRequest, replay
 from processor.settings import Settings
 from processor.stripe_client import StripeApi
 
