@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import httpx
 import pytest
+from emulator_client import VERSION
 
-from processor.emulator import EmulatorConfig, Knobs, RunningEmulator, running_emulator
+from processor.emulator import RunningEmulator
 
-VERSION = "2026-04-22.preview"
 CREATE = {
     "app_channel": "testing",
     "enable_mcp_access": True,
@@ -21,19 +20,6 @@ CREATE = {
 
 def ts(raw: str) -> datetime:
     return datetime.fromisoformat(raw.replace("Z", "+00:00"))
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[RunningEmulator]:
-    async with running_emulator(EmulatorConfig(knobs=Knobs(rate_limit_rps=0))) as emu:
-        yield emu
-
-
-@pytest.fixture
-async def api(emulator: RunningEmulator) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {emulator.api_key}", "Stripe-Version": VERSION}
-    async with httpx.AsyncClient(base_url=emulator.base_url, headers=headers) as client:
-        yield client
 
 
 async def test_create_returns_full_object_with_keys_once(api: httpx.AsyncClient) -> None:

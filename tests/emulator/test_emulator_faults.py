@@ -6,17 +6,15 @@ import asyncio
 import time
 
 import httpx
+from emulator_client import api_client
 
 from processor.emulator import EmulatorConfig, Knobs, running_emulator
-
-VERSION = "2026-04-22.preview"
 
 
 async def test_default_rate_limit_is_25_per_second() -> None:
     """A burst of 60 requests gets the first 25 through and 429s (type rate_limit) for most of the rest."""
     async with running_emulator() as emu:
-        headers = {"Authorization": f"Bearer {emu.api_key}", "Stripe-Version": VERSION}
-        async with httpx.AsyncClient(base_url=emu.base_url, headers=headers) as api:
+        async with api_client(emu) as api:
             responses = await asyncio.gather(*(api.get("/v2/core/events") for _ in range(60)))
     statuses = [r.status_code for r in responses]
     # tokens refill at 25/s while the burst is in flight, so a few more than 25 may pass on a slow machine
@@ -29,8 +27,7 @@ async def test_injected_errors_say_retry_and_control_stays_up() -> None:
     """With error rate 1 every API call fails with 429 or 500 and Stripe-Should-Retry: true."""
     knobs = Knobs(rate_limit_rps=0, api_error_rate=1.0)
     async with running_emulator(EmulatorConfig(knobs=knobs, seed=3)) as emu:
-        headers = {"Authorization": f"Bearer {emu.api_key}", "Stripe-Version": VERSION}
-        async with httpx.AsyncClient(base_url=emu.base_url, headers=headers) as api:
+        async with api_client(emu) as api:
             responses = [await api.get("/v2/core/events") for _ in range(20)]
             control = await api.get("/_emulator/healthz")
             await api.post("/_emulator/config", json={"api_error_rate": 0})
@@ -43,8 +40,7 @@ async def test_injected_errors_say_retry_and_control_stays_up() -> None:
 async def test_api_latency_knob_slows_answers() -> None:
     """api_latency_s delays every API answer by at least that long."""
     async with running_emulator(EmulatorConfig(knobs=Knobs(api_latency_s=0.2))) as emu:
-        headers = {"Authorization": f"Bearer {emu.api_key}", "Stripe-Version": VERSION}
-        async with httpx.AsyncClient(base_url=emu.base_url, headers=headers) as api:
+        async with api_client(emu) as api:
             started = time.monotonic()
             response = await api.get("/v2/core/events")
     assert response.status_code == 200 and time.monotonic() - started >= 0.2

@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import httpx
-import pytest
 
-from processor.emulator import EmulatorConfig, Knobs, RunningEmulator, running_emulator
+from processor.emulator import RunningEmulator
 
-VERSION = "2026-04-22.preview"
 CREATE = {
     "enable_mcp_access": False,
     "prefill": {"email": "jenny@example.com", "country": "DE"},
     "onboarding_link_details": {"refresh_url": "https://platform.example/refresh"},
 }
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[RunningEmulator]:
-    async with running_emulator(EmulatorConfig(knobs=Knobs(rate_limit_rps=0))) as emu:
-        yield emu
-
-
-@pytest.fixture
-async def api(emulator: RunningEmulator) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {emulator.api_key}", "Stripe-Version": VERSION}
-    async with httpx.AsyncClient(base_url=emulator.base_url, headers=headers) as client:
-        yield client
 
 
 async def new_sandbox(api: httpx.AsyncClient) -> str:

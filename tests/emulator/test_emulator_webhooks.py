@@ -6,24 +6,18 @@ import json
 from collections import Counter
 from datetime import timedelta
 
-import httpx
 import stripe
+from emulator_client import api_client
 from emulator_receiver import running_receiver
 
-from processor.emulator import EmulatorConfig, Knobs, RunningEmulator, running_emulator
+from processor.emulator import EmulatorConfig, Knobs, running_emulator
 
-VERSION = "2026-04-22.preview"
 CREATE = {
     "enable_mcp_access": False,
     "prefill": {"email": "jenny@example.com", "country": "DE"},
     "onboarding_link_details": {"refresh_url": "https://platform.example/refresh"},
 }
 FAST = Knobs(rate_limit_rps=0, retry_base_s=0.05, retry_max_s=0.2)
-
-
-def client(emu: RunningEmulator) -> httpx.AsyncClient:
-    headers = {"Authorization": f"Bearer {emu.api_key}", "Stripe-Version": VERSION}
-    return httpx.AsyncClient(base_url=emu.base_url, headers=headers)
 
 
 def verifies(body: bytes, signature: str, secret: str) -> bool:
@@ -38,7 +32,7 @@ async def test_thin_event_is_signed_and_shaped_like_stripe() -> None:
     """A created sandbox reaches the endpoint as a thin event that the SDK's verifier accepts."""
     async with running_receiver() as receiver, running_emulator(EmulatorConfig(knobs=FAST)) as emu:
         endpoint = emu.add_webhook_endpoint(receiver.url, "whsec_test_secret_one")
-        async with client(emu) as api:
+        async with api_client(emu) as api:
             sandbox = (await api.post("/v2/core/claimable_sandboxes", json=CREATE)).json()
         await emu.wait_for_deliveries(10)
     [delivery] = receiver.deliveries
@@ -64,7 +58,7 @@ async def test_failed_delivery_is_retried_with_backoff_and_inspectable() -> None
 
     async with running_receiver(flaky) as receiver, running_emulator(EmulatorConfig(knobs=FAST)) as emu:
         emu.add_webhook_endpoint(receiver.url, "whsec_x")
-        async with client(emu) as api:
+        async with api_client(emu) as api:
             await api.post("/v2/core/claimable_sandboxes", json=CREATE)
             await emu.wait_for_deliveries(10)
             attempts = (await api.get("/_emulator/webhook_attempts")).json()["data"]
@@ -83,7 +77,7 @@ async def test_rotation_signs_with_both_secrets_until_the_roll_ends() -> None:
     async with running_receiver() as receiver, running_emulator(EmulatorConfig(knobs=FAST)) as emu:
         endpoint = emu.add_webhook_endpoint(receiver.url, "whsec_old")
         emu.roll_secret(endpoint.id, timedelta(hours=1), "whsec_new")
-        async with client(emu) as api:
+        async with api_client(emu) as api:
             await api.post("/v2/core/claimable_sandboxes", json=CREATE)
             await emu.wait_for_deliveries(10)
             emu.advance_clock(timedelta(hours=2))
@@ -100,7 +94,7 @@ async def test_delivery_off_drops_events_that_the_events_api_still_has() -> None
     """With delivery off nothing is sent, attempts show 'dropped', and GET /v2/core/events recovers them."""
     async with running_receiver() as receiver, running_emulator(EmulatorConfig(knobs=FAST)) as emu:
         emu.add_webhook_endpoint(receiver.url, "whsec_x")
-        async with client(emu) as api:
+        async with api_client(emu) as api:
             assert (await api.post("/_emulator/delivery", json={"enabled": False})).json() == {"enabled": False}
             sandbox = (await api.post("/v2/core/claimable_sandboxes", json=CREATE)).json()
             await emu.wait_for_deliveries(10)
@@ -119,7 +113,7 @@ async def test_duplicate_and_reorder_knobs_take_effect() -> None:
     knobs = Knobs(rate_limit_rps=0, duplicate_rate=0.5, reorder_window_s=0.3)
     async with running_receiver() as receiver, running_emulator(EmulatorConfig(knobs=knobs, seed=7)) as emu:
         emu.add_webhook_endpoint(receiver.url, "whsec_x")
-        async with client(emu) as api:
+        async with api_client(emu) as api:
             for _ in range(30):
                 await api.post("/v2/core/claimable_sandboxes", json=CREATE)
             await emu.wait_for_deliveries(10)
@@ -137,7 +131,7 @@ async def test_unreachable_endpoint_gives_up_after_max_attempts() -> None:
     knobs = Knobs(rate_limit_rps=0, retry_base_s=0.01, retry_max_s=0.02, max_attempts=3)
     async with running_emulator(EmulatorConfig(knobs=knobs)) as emu:
         emu.add_webhook_endpoint("http://127.0.0.1:9/webhooks", "whsec_x")
-        async with client(emu) as api:
+        async with api_client(emu) as api:
             await api.post("/v2/core/claimable_sandboxes", json=CREATE)
         await emu.wait_for_deliveries(10)
         attempts = emu.attempts()
