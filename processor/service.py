@@ -15,14 +15,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import uvicorn
-from aiokafka.admin import AIOKafkaAdminClient
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from processor import constants as c
 from processor import localsecrets
 from processor.api.app import build_api_routes
-from processor.commands.topics import ensure_topics as ensure_kafka_topics
 from processor.database import Database
 from processor.eventlog import open_event_log
 from processor.eventlog.base import EventLog
@@ -31,7 +29,8 @@ from processor.operations.http import ops_routes
 from processor.operations.reconcile import run_reconciler
 from processor.settings import Secret, Settings
 from processor.stripe_client import StripeApi
-from processor.topics import REPLICATION_FACTOR, topic_specs
+from processor.topicadmin import ensure_topics as ensure_kafka_topics
+from processor.topics import TOPICS
 from processor.worker import WorkerOptions, run_worker
 
 log = logging.getLogger(__name__)
@@ -90,14 +89,9 @@ async def _ensure_topics(settings: Settings, event_log: EventLog) -> None:
     if settings.embedded_log:
         await event_log.ensure_topics([settings.topic(name) for name in c.ALL_TOPICS])
         return
-    admin = AIOKafkaAdminClient(bootstrap_servers=list(settings.kafka_bootstrap_servers))
-    await admin.start()
-    try:
-        brokers = len((await admin.describe_cluster())["brokers"])
-    finally:
-        await admin.close()
-    specs = topic_specs(replication_factor=min(REPLICATION_FACTOR, max(brokers, 1)))
-    for outcome in await ensure_kafka_topics(settings.kafka_bootstrap_servers, specs, settings.topic_prefix):
+    outcomes = await ensure_kafka_topics(
+        settings.kafka_bootstrap_servers, TOPICS, settings.topic_prefix, fit_cluster=True)
+    for outcome in outcomes:
         for drift in outcome.drift:
             log.warning("topic %s differs from processor/topics.py: %s", outcome.name, drift)
 

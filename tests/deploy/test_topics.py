@@ -13,8 +13,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from processor import constants as c
-from processor.commands.topics import compare, ensure_topics, write_spec
+from processor.commands.topics import write_spec
 from processor.settings import Settings
+from processor.topicadmin import compare, ensure_topics
 from processor.topics import TOPICS, spec_document, topic_specs
 
 ROOT = Path(__file__).resolve().parents[2]
