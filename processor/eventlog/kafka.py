@@ -27,6 +27,7 @@ from aiokafka.errors import (
 
 from processor.errors import CommitRejected, LogUnavailable
 from processor.eventlog.base import Headers, Published, Record, TopicPartition
+from processor.eventlog.kafka_batches import PartitionBatcher
 from processor.eventlog.partitioner import cached_default_partitioner
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class KafkaEventLog:
         self.replication_factor = replication_factor
         self.linger_ms = linger_ms
         self._producer: AIOKafkaProducer | None = None
+        self._batcher: PartitionBatcher | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._healthy = False
 
@@ -83,11 +85,15 @@ class KafkaEventLog:
                 await producer.stop()
             raise LogUnavailable(f"cannot connect to Kafka at {self.bootstrap}: {exc}") from exc
         self._producer = producer
+        self._batcher = PartitionBatcher(producer, self._write_failed)
         self._healthy = True
         self._health_task = asyncio.create_task(self._watch_health(), name="kafka-health")
 
     async def stop(self) -> None:
         """Flush pending records and disconnect. Safe to call twice."""
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:  # what callers appended reaches the producer before it stops
+            await batcher.flush()
         producer, self._producer = self._producer, None
         task, self._health_task = self._health_task, None
         if task is not None:
@@ -125,27 +131,36 @@ class KafkaEventLog:
             raise LogUnavailable("the Kafka event log is not started")
         return self._producer
 
+    def _write_failed(self, exc: Exception) -> LogUnavailable:
+        self._healthy = False
+        return LogUnavailable(f"Kafka did not acknowledge the write: {exc}")
+
+    def _require_batcher(self) -> PartitionBatcher:
+        if self._batcher is None:
+            raise LogUnavailable("the Kafka event log is not started")
+        return self._batcher
+
     async def publish(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> Published:
-        producer = self._require_producer()
-        try:
-            meta = await producer.send_and_wait(topic, value=value, key=key, headers=list(headers))
-        except KafkaError as exc:
-            self._healthy = False
-            raise LogUnavailable(f"Kafka did not acknowledge the write: {exc}") from exc
+        batcher = self._require_batcher()
+        partition = batcher.place(topic, key)
+        if partition is None:
+            partition = await batcher.place_when_known(topic, key)
+        offset = await batcher.append(topic, partition, key, value, headers)
         self._healthy = True
-        return Published(meta.topic, meta.partition, meta.offset)
+        return Published(topic, partition, offset)
 
     async def publish_many(self, records: Sequence[tuple[str, bytes | None, bytes, Headers]]) -> list[Published]:
-        producer = self._require_producer()
-        try:
-            # send() only enqueues; the idempotent producer keeps per-partition order of enqueued records
-            futures = [await producer.send(topic, value=value, key=key, headers=list(headers))
-                       for topic, key, value, headers in records]
-            metas = await asyncio.gather(*futures)
-        except KafkaError as exc:
-            self._healthy = False
-            raise LogUnavailable(f"Kafka did not acknowledge the writes: {exc}") from exc
-        return [Published(m.topic, m.partition, m.offset) for m in metas]
+        batcher = self._require_batcher()
+        # appended in order before anything is awaited: per-partition order is the order of `records`
+        placed = [(topic, await batcher.place_when_known(topic, key)) for topic, key, _, _ in records]
+        waiters = [batcher.append(topic, partition, key, value, headers)
+                   for (topic, partition), (_, key, value, headers) in zip(placed, records, strict=True)]
+        outcomes = await asyncio.gather(*waiters, return_exceptions=True)
+        offsets = [o for o in outcomes if not isinstance(o, BaseException)]
+        if len(offsets) < len(outcomes):  # every future was awaited, so no failure goes unretrieved
+            raise next(o for o in outcomes if isinstance(o, BaseException))
+        self._healthy = True
+        return [Published(topic, partition, offset) for (topic, partition), offset in zip(placed, offsets, strict=True)]
 
     async def ensure_topics(self, topics: Sequence[str], partitions: int | None = None,
                             configs: Mapping[str, Mapping[str, str]] | None = None) -> None:

@@ -92,6 +92,22 @@ async def test_publish_is_durable_and_ordered_per_key(backend: Backend) -> None:
     assert all(len(parts) == 1 for parts in partitions_per_key.values())
 
 
+async def test_concurrent_publishes_report_where_each_record_landed(backend: Backend) -> None:
+    """Hundreds of publish() calls in flight at once (the ingress's load) each return the partition and offset
+    of their own record, and records of one key keep the order their calls were made in."""
+    topic = await backend.topic()
+    keys = [f"acct_{i}".encode() for i in range(5)]
+    calls = [backend.log.publish(topic, keys[i % 5], f"{i}".encode(), [("n", str(i).encode())]) for i in range(500)]
+    published = await asyncio.gather(*calls)
+    async with backend.log.consumer(f"g-{uuid.uuid4().hex[:6]}", [topic]) as consumer:
+        records = await drain(consumer, 500)
+    landed = {(r.partition, r.offset): int(r.value) for r in records}
+    assert [landed[p.partition, p.offset] for p in published] == list(range(500))
+    for key in keys:
+        values = [int(r.value) for r in sorted(records, key=lambda r: r.offset) if r.key == key]
+        assert values == sorted(values) and len(values) == 100
+
+
 async def test_restarted_consumer_resumes_after_last_commit(backend: Backend) -> None:
     """Nothing committed is read twice and nothing uncommitted is lost when a consumer restarts."""
     topic = await backend.topic()
