@@ -11,23 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from processor import constants as c
 from processor.errors import ConfigError, LogUnavailable, SignatureError
 from processor.eventlog.base import EventLog
+from processor.ingress.deadlines import Deadlines
 from processor.ingress.envelope import EnvelopeError, parse_envelope
+from processor.ingress.jsonlog import log_fields
 from processor.ingress.metrics import IngressMetrics
+from processor.ingress.msclock import MillisecondClock
 from processor.ingress.signature import Verifier, parse_header
-from processor.lifecycle.messages import rfc3339
 from processor.settings import Settings
 
 #: a whole body must arrive within this many seconds; Stripe sends a few KiB at once
@@ -57,11 +61,23 @@ class _Rejected(Exception):
         self.close = close
 
 
-def _error(status: int, code: str, *, close: bool = False) -> Response:
+def _response(status: int, code: str, *, close: bool = False) -> Response:
     headers = {"Connection": "close"} if close else {}
     if status == 503:
         headers["Retry-After"] = str(c.RETRY_AFTER_SECONDS)
     return Response(b'{"error":"%s"}' % code.encode(), status, headers, _JSON)
+
+
+# Responses are immutable once built and carry no background task, so one instance serves every request
+_ACCEPTED = Response(b'{"received":true}', 200, media_type=_JSON)
+_error = functools.lru_cache(maxsize=128)(_response)
+
+# what a deadline firing means, by phase: a slow-loris body, then a slow log
+_LATE_BODY = (408, BODY_TIMEOUT, _error(408, BODY_TIMEOUT, close=True))
+_LATE_PUBLISH = (503, PUBLISH_TIMEOUT, _error(503, PUBLISH_TIMEOUT))
+
+#: the received-at header, formatted once per millisecond
+_received_at = MillisecondClock("Z")  # RFC 3339, as lifecycle.messages.rfc3339 writes it
 
 
 class Ingress:
@@ -74,11 +90,11 @@ class Ingress:
         self.verifier = Verifier([s.reveal() for s in settings.stripe_webhook_secrets], settings.signature_tolerance_s)
         self.metrics = IngressMetrics()
         self.body_timeout_s = body_timeout_s
+        self.deadlines = Deadlines()
 
-    async def _read_body(self, request: Request) -> bytes:
-        """The body, refusing more than the limit while reading and giving up after the read deadline."""
+    async def _read_body(self, receive: Receive, declared: bytes | None) -> bytes:
+        """The body, refusing more than the limit while reading (the caller bounds the time)."""
         limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
                 raise _Rejected(400, BAD_LENGTH, close=True)
@@ -86,33 +102,48 @@ class Ingress:
                 raise _Rejected(413, TOO_LARGE)
         chunks: list[bytes] = []
         size = 0
-        try:
-            async with asyncio.timeout(self.body_timeout_s):
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > limit:  # chunked or lying about its length
-                        raise _Rejected(413, TOO_LARGE)
-                    chunks.append(chunk)
-        except TimeoutError:
-            raise _Rejected(408, BODY_TIMEOUT, close=True) from None
-        except ClientDisconnect:
-            raise _Rejected(400, DISCONNECTED, close=True) from None
-        return b"".join(chunks)
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # http.disconnect
+                raise _Rejected(400, DISCONNECTED, close=True)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:  # chunked or lying about its length
+                raise _Rejected(413, TOO_LARGE)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def webhook(self, request: Request) -> Response:
-        """POST /webhooks/stripe."""
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """POST /webhooks/stripe, as a plain ASGI app: Starlette routes to it without wrapping a Request and a
+        Response around every delivery, which cost a fifth of the ingress's CPU per request."""
         started = time.perf_counter()
+        task: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]
         event_id = event_type = None
         size = 0
+        late = _LATE_BODY
+        self.deadlines.start(task, self.body_timeout_s)
         try:
+            signature = declared = None
+            for name, value in scope["headers"]:  # lower-cased by the server
+                if name == b"stripe-signature":
+                    signature = value.decode("latin-1")
+                elif name == b"content-length":
+                    declared = value
             # the header first: a request without a usable signature costs no body read
-            header = parse_header(request.headers.get("stripe-signature"))
-            body = await self._read_body(request)
+            header = parse_header(signature)
+            body = await self._read_body(receive, declared)
             size = len(body)
             secret_index = self.verifier.verify(body, header)
             envelope = parse_envelope(body)
             event_id, event_type = envelope.id, envelope.type
+            late = _LATE_PUBLISH
+            self.deadlines.start(task, self.settings.publish_timeout_s)
             await self._publish(body, envelope.key, envelope.id, envelope.type, envelope.object, secret_index)
+        except asyncio.CancelledError:
+            if not self.deadlines.expired(task):
+                raise  # the server is shutting down
+            outcome, response = late[1], late[2]
         except SignatureError as exc:
             outcome, response = exc.code, _error(400, exc.code)
         except EnvelopeError as exc:
@@ -120,21 +151,21 @@ class Ingress:
         except _Rejected as exc:
             outcome, response = exc.code, _error(exc.status, exc.code, close=exc.close)
         else:
-            outcome, response = ACCEPTED, Response(b'{"received":true}', 200, media_type=_JSON)
+            outcome, response = ACCEPTED, _ACCEPTED
+        finally:
+            self.deadlines.stop(task)
         elapsed = time.perf_counter() - started
         self.metrics.observe(outcome, event_type, elapsed, size)
-        level = logging.INFO if outcome == ACCEPTED else logging.WARNING
-        if _logger.isEnabledFor(level):
-            fields = {
-                "event_id": event_id,
-                "event_type": event_type,
-                "outcome": outcome,
-                "status": response.status_code,
-                "bytes": size,
-                "ms": round(elapsed * 1000, 3),
-            }
-            _logger.log(level, "webhook delivery", extra={"fields": fields})
-        return response
+        fields: dict[str, object] = {
+            "event_id": event_id,
+            "event_type": event_type,
+            "outcome": outcome,
+            "status": response.status_code,
+            "bytes": size,
+            "ms": round(elapsed * 1000, 3),
+        }
+        log_fields(_logger, logging.INFO if outcome == ACCEPTED else logging.WARNING, "webhook delivery", fields)
+        await response(scope, receive, send)
 
     async def _publish(
         self, body: bytes, key: str, event_id: str, event_type: str, kind: str, secret_index: int
@@ -142,18 +173,15 @@ class Ingress:
         """Append the raw body to the events topic; return only once the log acknowledged it."""
         if self.log is None:
             raise _Rejected(503, LOG_UNAVAILABLE)
-        headers = (
+        headers = [
             (c.H_EVENT_ID, event_id.encode()),
             (c.H_EVENT_TYPE, event_type.encode()),
             (c.H_OBJECT, kind.encode()),
-            (c.H_RECEIVED_AT, rfc3339(datetime.now(UTC)).encode()),
+            (c.H_RECEIVED_AT, _received_at(time.time()).encode()),
             (c.H_SECRET_INDEX, b"%d" % secret_index),
-        )
+        ]
         try:
-            async with asyncio.timeout(self.settings.publish_timeout_s):
-                await self.log.publish(self.topic, key.encode(), body, headers)
-        except TimeoutError:
-            raise _Rejected(503, PUBLISH_TIMEOUT) from None
+            await self.log.publish(self.topic, key.encode(), body, headers)
         except LogUnavailable:
             raise _Rejected(503, LOG_UNAVAILABLE) from None
         except Exception as exc:  # any producer failure: Stripe retries, nothing is acknowledged
@@ -199,7 +227,7 @@ def build_app(
                 ingress.log = None
 
     routes = [
-        Route("/webhooks/stripe", ingress.webhook, methods=["POST"]),
+        Route("/webhooks/stripe", ingress, methods=["POST"]),
         Route("/healthz", ingress.healthz, methods=["GET"]),
         Route("/readyz", ingress.readyz, methods=["GET"]),
         Route("/metrics", ingress.metrics_endpoint, methods=["GET"]),

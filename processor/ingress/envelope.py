@@ -6,8 +6,7 @@ bytes Stripe signed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -30,8 +29,7 @@ class EnvelopeError(ValueError):
         self.code = code
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
+class Envelope(NamedTuple):
     """The fields of an event that route it; `object` is "v2.core.event", "event" or whatever else came."""
 
     id: str

@@ -53,10 +53,15 @@ class IngressMetrics:
             registry=self.registry,
         )
         self.bytes = Counter("processor_ingress_bytes", "Webhook body bytes read", registry=self.registry)
+        # labels() validates and locks on every call; the children are few (outcomes x event types) and kept
+        self._deliveries: dict[tuple[str, str | None], Counter] = {}
 
     def observe(self, outcome: str, event_type: str | None, seconds: float, size: int) -> None:
         """Record one answered delivery."""
-        self.deliveries.labels(outcome, event_type or UNKNOWN_TYPE).inc()
+        child = self._deliveries.get((outcome, event_type))
+        if child is None:
+            child = self._deliveries[outcome, event_type] = self.deliveries.labels(outcome, event_type or UNKNOWN_TYPE)
+        child.inc()
         self.latency.observe(seconds)
         if size:
             self.bytes.inc(size)

@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from processor.errors import SignatureError
 
@@ -32,8 +32,7 @@ TOO_OLD = "timestamp_too_old"
 IN_FUTURE = "timestamp_in_future"
 
 
-@dataclass(frozen=True, slots=True)
-class SignatureHeader:
+class SignatureHeader(NamedTuple):
     """A parsed `Stripe-Signature`: the signed timestamp and the candidate `v1` signatures."""
 
     timestamp: int

@@ -348,5 +348,10 @@ async def test_cli_serves_with_workers_and_finishes_in_flight_requests_on_sigter
     assert answer.startswith(b"HTTP/1.1 200 "), output
     assert exit_code == 0, output
     assert "whsec_" not in output
+    # one JSON access-log line per delivery, with its event id and outcome
+    access = [orjson.loads(line) for line in output.splitlines() if '"webhook delivery"' in line]
+    assert {(line["event_id"], line["outcome"], line["status"]) for line in access} == {
+        (orjson.loads(event)["id"], "accepted", 200) for event in (first, body)
+    }
     stored = await records(kafka_log.bootstrap, kafka_settings.topic(c.TOPIC_EVENTS))
     assert sorted(r.value for r in stored) == sorted([first, body])

@@ -7,8 +7,9 @@ import logging
 import time
 
 import orjson
+import pytest
 
-from processor.ingress.jsonlog import BufferedLineHandler, JsonFormatter
+from processor.ingress.jsonlog import BufferedLineHandler, JsonFormatter, log_fields
 
 
 def make_logger(stream: io.StringIO, interval_s: float) -> tuple[logging.Logger, BufferedLineHandler]:
@@ -49,3 +50,32 @@ def test_warnings_are_written_at_once_and_close_flushes_the_rest() -> None:
     assert "last" not in stream.getvalue()
     handler.close()
     assert orjson.loads(stream.getvalue().splitlines()[-1])["msg"] == "last"
+
+
+def test_log_fields_writes_the_line_a_log_record_would() -> None:
+    """The per-request fast path and the ordinary logging call produce the same JSON (apart from the moment),
+    levels below the logger's are dropped, and WARNING still goes out at once."""
+    stream = io.StringIO()
+    logger, handler = make_logger(stream, interval_s=3600)
+    fields: dict[str, object] = {"event_id": "evt_1", "outcome": "accepted", "status": 200, "ms": 1.5}
+    try:
+        log_fields(logger, logging.INFO, "webhook delivery", fields)
+        logger.info("webhook delivery", extra={"fields": fields})
+        log_fields(logger, logging.DEBUG, "not written", {})
+        log_fields(logger, logging.WARNING, "webhook delivery", {**fields, "outcome": "signature_mismatch"})
+        fast, ordinary, warning = (orjson.loads(line) for line in stream.getvalue().splitlines())
+    finally:
+        handler.close()
+    assert fast.pop("ts")[:19] == ordinary.pop("ts")[:19]
+    assert fast == ordinary == {"level": "INFO", "logger": logger.name, "msg": "webhook delivery", **fields}
+    assert warning["level"] == "WARNING" and warning["outcome"] == "signature_mismatch"
+
+
+def test_log_fields_uses_ordinary_records_when_another_handler_listens(caplog: pytest.LogCaptureFixture) -> None:
+    """With any other logging set-up (here pytest's capture) the fields arrive as a normal LogRecord."""
+    logger = logging.getLogger("test.jsonlog.captured")
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        log_fields(logger, logging.INFO, "webhook delivery", {"event_id": "evt_2"})
+    [record] = [r for r in caplog.records if r.name == logger.name]
+    assert record.getMessage() == "webhook delivery"
+    assert record.fields == {"event_id": "evt_2"}  # type: ignore[attr-defined]
