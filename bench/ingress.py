@@ -260,7 +260,7 @@ def main() -> int:
     try:
         bootstrap = args.bootstrap
         if bootstrap is None:
-            broker = KafkaBroker(workdir / "kafka", heap="1g").start()
+            broker = KafkaBroker(workdir / "kafka", heap="1g", quick_start=False).start()  # full JIT, as deployed
             bootstrap = broker.bootstrap
         prefix = f"bench{uuid.uuid4().hex[:6]}."
         asyncio.run(create_topics(bootstrap, [f"{prefix}stripe.events", f"{prefix}textbook"], args.partitions))

@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 
 from processor.errors import ConfigError
 from processor.ingress import build_app, jsonlog
+from processor.serving import freeze_startup_heap
 from processor.settings import Settings
 
 #: Kubernetes waits 30 s after SIGTERM before SIGKILL; finish in-flight deliveries well before that
@@ -40,7 +41,9 @@ def create_app() -> Starlette:
     """The app of one worker process (uvicorn factory): settings from the environment, log opened at start."""
     settings = Settings.from_env()
     jsonlog.configure(settings.log_level)
-    return build_app(settings)
+    app = build_app(settings)
+    freeze_startup_heap()
+    return app
 
 
 def run(args: argparse.Namespace) -> int:
