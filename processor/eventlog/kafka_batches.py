@@ -108,6 +108,11 @@ class PartitionBatcher:
         try:
             while queue.batches:
                 batch = queue.batches.popleft()
+                if all(waiter.done() for waiter, _ in batch.waiters):
+                    # every caller gave up (the ingress answered 503 after its deadline, e.g. while the broker
+                    # was away): nobody was promised this batch, and sending it late would only add duplicates
+                    # and keep an outage's backlog in memory
+                    continue
                 try:
                     delivered = await self._producer.send_batch(batch.builder, topic, partition=partition)
                     metadata = await delivered
