@@ -73,8 +73,8 @@ _ACCEPTED = Response(b'{"received":true}', 200, media_type=_JSON)
 _error = functools.lru_cache(maxsize=128)(_response)
 
 # what a deadline firing means, by phase: a slow-loris body, then a slow log
-_LATE_BODY = (408, BODY_TIMEOUT, _error(408, BODY_TIMEOUT, close=True))
-_LATE_PUBLISH = (503, PUBLISH_TIMEOUT, _error(503, PUBLISH_TIMEOUT))
+_LATE_BODY = (BODY_TIMEOUT, _error(408, BODY_TIMEOUT, close=True))
+_LATE_PUBLISH = (PUBLISH_TIMEOUT, _error(503, PUBLISH_TIMEOUT))
 
 #: the received-at header, formatted once per millisecond
 _received_at = MillisecondClock("Z")  # RFC 3339, as lifecycle.messages.rfc3339 writes it
@@ -116,7 +116,7 @@ class Ingress:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST /webhooks/stripe, as a plain ASGI app: Starlette routes to it without wrapping a Request and a
-        Response around every delivery, which cost a fifth of the ingress's CPU per request."""
+        Response around every delivery (bench/ingress.py: about a fifth more deliveries per second)."""
         started = time.perf_counter()
         task: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]
         event_id = event_type = None
@@ -143,7 +143,7 @@ class Ingress:
         except asyncio.CancelledError:
             if not self.deadlines.expired(task):
                 raise  # the server is shutting down
-            outcome, response = late[1], late[2]
+            outcome, response = late
         except SignatureError as exc:
             outcome, response = exc.code, _error(400, exc.code)
         except EnvelopeError as exc:
