@@ -18,10 +18,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from processor import constants as c
 from processor.errors import ConfigError, LogUnavailable, SignatureError
@@ -33,6 +34,8 @@ from processor.ingress.metrics import IngressMetrics
 from processor.ingress.msclock import MillisecondClock
 from processor.ingress.signature import Verifier, parse_header
 from processor.settings import Settings
+
+WEBHOOK_PATH = "/webhooks/stripe"
 
 #: a whole body must arrive within this many seconds; Stripe sends a few KiB at once
 DEFAULT_BODY_TIMEOUT_S = 10.0
@@ -203,6 +206,27 @@ class Ingress:
         return Response(self.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+class WebhookFastPath:
+    """Hands `POST /webhooks/stripe` straight to the ingress, ahead of Starlette's exception handling and
+    routing; every other request (and the webhook path with another method) takes the ordinary route.
+
+    Starlette's per-request machinery (an exception-handling wrapper with its own Request, regex matching of
+    each route) cost the ingress as much CPU as verifying, parsing and publishing a delivery together
+    (bench/ingress.py: 70-80 us of CPU per delivery with this, 88-105 us without). It stays inside
+    ServerErrorMiddleware, so an unexpected error still gets Starlette's 500.
+    """
+
+    def __init__(self, app: ASGIApp, ingress: Ingress) -> None:
+        self.app = app
+        self.ingress = ingress
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == WEBHOOK_PATH and scope["method"] == "POST":
+            await self.ingress(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 def build_app(
     settings: Settings, log: EventLog | None = None, *, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
 ) -> Starlette:
@@ -227,11 +251,11 @@ def build_app(
                 ingress.log = None
 
     routes = [
-        Route("/webhooks/stripe", ingress, methods=["POST"]),
+        Route(WEBHOOK_PATH, ingress, methods=["POST"]),
         Route("/healthz", ingress.healthz, methods=["GET"]),
         Route("/readyz", ingress.readyz, methods=["GET"]),
         Route("/metrics", ingress.metrics_endpoint, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(WebhookFastPath, ingress=ingress)])
     app.state.ingress = ingress
     return app

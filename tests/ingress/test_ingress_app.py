@@ -227,7 +227,11 @@ async def test_health_readiness_and_metrics_endpoints(kafka_settings: Settings, 
     async with ingress(kafka_settings, kafka_log) as client:
         assert (await client.post(WEBHOOK, content=body, headers=signed(body))).status_code == 200
         health, ready, metrics = [await client.get(p) for p in ("/healthz", "/readyz", "/metrics")]
+        # only POST takes the webhook fast path; other methods get the router's answer
+        wrong_method = await client.get(WEBHOOK)
+        unknown = await client.post("/webhooks/other", content=body, headers=signed(body))
     assert (health.status_code, ready.status_code) == (200, 200)
+    assert (wrong_method.status_code, unknown.status_code) == (405, 404)
     text = metrics.text
     assert (
         'processor_ingress_deliveries_total{event_type="v2.core.claimable_sandbox.claimed",outcome="accepted"} 1.0'
