@@ -76,7 +76,13 @@ class PartitionBatcher:
     async def place_when_known(self, topic: str, key: bytes | None) -> int:
         """`place`, waiting for the topic's metadata if needed (up to the producer's request timeout)."""
         placed = self.place(topic, key)
-        return choose_partition(key, len(await self._producer.partitions_for(topic))) if placed is None else placed
+        if placed is not None:
+            return placed
+        try:
+            partitions = await self._producer.partitions_for(topic)
+        except KafkaError as exc:  # no metadata within the timeout: the log is unavailable, as for a failed write
+            raise self._on_error(exc) from exc
+        return choose_partition(key, len(partitions))
 
     def append(
         self, topic: str, partition: int, key: bytes | None, value: bytes, headers: Headers
