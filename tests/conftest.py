@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from processor import constants, migrate
-from processor.database import Database, start_embedded_server
+from processor.database import Database, start_embedded_server, stop_embedded_server
 from processor.devkafka import KafkaBroker
 from processor.eventlog.kafka import KafkaEventLog
 from processor.eventlog.postgres import PostgresEventLog
@@ -87,12 +87,14 @@ async def kafka_log(kafka_settings: Settings) -> AsyncIterator[KafkaEventLog]:
 
 # --- PostgreSQL ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def pg_server_dsn(service_dir: Path) -> str:
+def pg_server_dsn(service_dir: Path) -> Iterator[str]:
     """DSN of the session's real PostgreSQL server (its maintenance database)."""
     external = os.environ.get("PROCESSOR_TEST_DATABASE_URL")
     if external:
-        return external
-    return start_embedded_server(service_dir)
+        yield external
+        return
+    yield start_embedded_server(service_dir)
+    stop_embedded_server(service_dir)  # before service_dir is deleted
 
 
 def with_database(dsn: str, name: str) -> str:
