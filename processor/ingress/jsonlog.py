@@ -107,8 +107,8 @@ def log_fields(logger: logging.Logger, level: int, msg: str, fields: dict[str, o
 
     For lines written on every request: when the record would only reach our JSON handler (the configured
     case), the line is formatted directly, without a LogRecord, its caller lookup and the handler chain
-    (17 us per line -> about 3 us). Any other logging set-up (a test's capture, an extra handler) gets the
-    ordinary record.
+    (timeit, one access-log line: 8.9 us through logging, 2.3 us here). Any other logging set-up (a test's
+    capture, an extra handler) gets the ordinary record.
     """
     if not logger.isEnabledFor(level):
         return
