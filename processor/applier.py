@@ -386,41 +386,44 @@ class Applier:
                 [r.version for r in changed],
                 [r.last_event_id for r in changed],
             )
-        if writes.history:
-            columns = list(zip(*writes.history, strict=True))
-            await conn.execute(
-                "INSERT INTO sandbox_history (sandbox_id, kind, from_state, to_state, observed, sequence,"
-                " event_id, event_type, reason, occurred_at)"
-                " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::int[],"
-                " $7::text[], $8::text[], $9::text[], $10::timestamptz[])",
-                *[list(col) for col in columns],
-            )
-        if writes.processed:
-            columns = list(zip(*writes.processed, strict=True))
-            await conn.execute(
-                "INSERT INTO processed_events (event_id, event_type, sandbox_id, outcome)"
-                " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
-                " ON CONFLICT (event_id) DO NOTHING",
-                *[list(col) for col in columns],
-            )
-        if writes.anomalies:
-            columns = list(zip(*writes.anomalies, strict=True))
-            await conn.execute(
-                "INSERT INTO anomalies (sandbox_id, event_id, current_state, observed_state, reason)"
-                " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])"
-                " ON CONFLICT (event_id, sandbox_id) DO NOTHING",
-                *[list(col) for col in columns],
-            )
-        if writes.outbox:
-            columns = list(zip(*writes.outbox, strict=True))
-            # WITH ORDINALITY + ORDER BY: ids follow the list order, so per key the relay publishes in order
-            await conn.execute(
-                "INSERT INTO outbox (topic, key, value, headers, message_id)"
-                " SELECT topic, key, value, headers::jsonb, message_id FROM unnest($1::text[], $2::bytea[],"
-                " $3::bytea[], $4::text[], $5::text[]) WITH ORDINALITY AS u(topic, key, value, headers,"
-                " message_id, ord) ORDER BY ord",
-                *[list(col) for col in columns],
-            )
+        await _insert_columns(
+            conn,
+            "INSERT INTO sandbox_history (sandbox_id, kind, from_state, to_state, observed, sequence,"
+            " event_id, event_type, reason, occurred_at)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::int[],"
+            " $7::text[], $8::text[], $9::text[], $10::timestamptz[])",
+            writes.history,
+        )
+        await _insert_columns(
+            conn,
+            "INSERT INTO processed_events (event_id, event_type, sandbox_id, outcome)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
+            " ON CONFLICT (event_id) DO NOTHING",
+            writes.processed,
+        )
+        await _insert_columns(
+            conn,
+            "INSERT INTO anomalies (sandbox_id, event_id, current_state, observed_state, reason)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])"
+            " ON CONFLICT (event_id, sandbox_id) DO NOTHING",
+            writes.anomalies,
+        )
+        # WITH ORDINALITY + ORDER BY: ids follow the list order, so per key the relay publishes in order
+        await _insert_columns(
+            conn,
+            "INSERT INTO outbox (topic, key, value, headers, message_id)"
+            " SELECT topic, key, value, headers::jsonb, message_id FROM unnest($1::text[], $2::bytea[],"
+            " $3::bytea[], $4::text[], $5::text[]) WITH ORDINALITY AS u(topic, key, value, headers,"
+            " message_id, ord) ORDER BY ord",
+            writes.outbox,
+        )
+
+
+async def _insert_columns(conn: Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Run `sql` (an INSERT ... SELECT FROM unnest($1, $2, ...)) with `rows` passed as one array per column:
+    one round trip for any number of rows. Nothing to insert, no query."""
+    if rows:
+        await conn.execute(sql, *[list(column) for column in zip(*rows, strict=True)])
 
 
 def _headers(content_type: str) -> str:
