@@ -267,7 +267,9 @@ async def _replay(
         report.window = {"since": rfc3339(run.since), "until": rfc3339(run.until or datetime.now(UTC))}
     identities, sent_events = await _replayed_by(log_, topic, run_id, run.bound) if run.resumed else (set(), set())
     try:
-        async for chunk in _candidates(settings, log_, db, request, run, run_id, stripe, progress, batch_size):
+        # records to replay in source order (per partition in offset order), a batch at a time
+        source = _source(settings, log_, db, request, run, run_id, stripe, progress)
+        async for chunk in _chunks(source, batch_size):
             await _replay_chunk(log_, db, topic, run_id, chunk, identities, sent_events, report, dry_run)
             progress.advance(len(chunk))
     finally:
@@ -401,22 +403,12 @@ async def _replayed_by(
     return identities, events
 
 
-async def _candidates(
-    settings: Settings,
-    log_: EventLog,
-    db: Database,
-    request: ReplayRequest,
-    run: _Run,
-    run_id: str,
-    stripe: StripeApi | None,
-    progress: Progress,
-    batch_size: int,
-) -> AsyncIterator[list[_Candidate]]:
-    """Batches of records to replay, in source order (per partition in offset order)."""
+async def _chunks(candidates: AsyncIterator[_Candidate], size: int) -> AsyncIterator[list[_Candidate]]:
+    """`candidates` in lists of up to `size`, in their order."""
     pending: list[_Candidate] = []
-    async for candidate in _source(settings, log_, db, request, run, run_id, stripe, progress):
+    async for candidate in candidates:
         pending.append(candidate)
-        if len(pending) >= batch_size:
+        if len(pending) >= size:
             yield pending
             pending = []
     if pending:
