@@ -25,6 +25,7 @@ import contextlib
 import multiprocessing
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,7 +48,7 @@ from lifecycle_harness import PATHS, drive  # noqa: E402
 
 from processor import constants as c  # noqa: E402
 from processor import migrate  # noqa: E402
-from processor.database import start_embedded_server  # noqa: E402
+from processor.database import start_embedded_server, stop_embedded_server  # noqa: E402
 from processor.devkafka import KafkaBroker  # noqa: E402
 from processor.emulator.config import EmulatorConfig, Knobs  # noqa: E402
 from processor.emulator.runner import RunningEmulator, running_emulator  # noqa: E402
@@ -358,6 +359,8 @@ async def main(args: argparse.Namespace) -> None:
         await admin.close()
         if broker is not None:
             broker.destroy()
+        stop_embedded_server(workdir)  # before its directory goes, or it outlives this process
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

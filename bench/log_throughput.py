@@ -25,7 +25,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from processor import migrate
-from processor.database import start_embedded_server
+from processor.database import start_embedded_server, stop_embedded_server
 from processor.devkafka import KafkaBroker
 from processor.eventlog.base import EventLog
 from processor.eventlog.kafka import KafkaEventLog
@@ -172,6 +172,7 @@ async def main() -> None:
         if args.backend in ("postgres", "both"):
             await bench_postgres(args.records, value, workdir)
     finally:
+        stop_embedded_server(workdir)  # before its directory goes, or it outlives this process
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
