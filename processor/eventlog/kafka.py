@@ -28,7 +28,6 @@ from aiokafka.errors import (
 from processor.errors import CommitRejected, LogUnavailable
 from processor.eventlog.base import Headers, Published, Record, TopicPartition
 from processor.eventlog.kafka_batches import PartitionBatcher
-from processor.eventlog.partitioner import cached_default_partitioner
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,6 @@ class KafkaEventLog:
             max_batch_size=1024 * 1024,
             # a webhook body may be up to 1 MiB (the ingress limit) plus headers
             max_request_size=2 * 1024 * 1024,
-            partitioner=cached_default_partitioner,
         )
         try:
             await producer.start()

@@ -12,19 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import random
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from processor.eventlog.base import Headers
-from processor.eventlog.partitioner import partition_for
-
-
-def choose_partition(key: bytes | None, partitions: int) -> int:
-    """Kafka's default choice: murmur2 of the key (as aiokafka's DefaultPartitioner), any partition without one."""
-    return random.randrange(partitions) if key is None else partition_for(key, partitions)
+from processor.eventlog.partitioner import choose_partition
 
 
 class _Batch:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Sequence
 
 from aiokafka.partitioner import murmur2
 
@@ -21,8 +20,6 @@ def partition_for(key: bytes, partitions: int) -> int:
     return _positive_hash(key) % partitions
 
 
-def cached_default_partitioner(key: bytes | None, all_partitions: Sequence[int], available: Sequence[int]) -> int:
-    """aiokafka's DefaultPartitioner (same partitions for the same keys) with the key hash cached."""
-    if key is None:
-        return random.choice(available or all_partitions)
-    return all_partitions[_positive_hash(key) % len(all_partitions)]
+def choose_partition(key: bytes | None, partitions: int) -> int:
+    """Kafka's default choice: murmur2 of the key as above, any partition for a record without a key."""
+    return random.randrange(partitions) if key is None else partition_for(key, partitions)
