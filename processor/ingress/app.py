@@ -29,7 +29,7 @@ from processor.errors import ConfigError, LogUnavailable, SignatureError
 from processor.eventlog.base import EventLog
 from processor.ingress.deadlines import Deadlines
 from processor.ingress.envelope import EnvelopeError, parse_envelope
-from processor.ingress.jsonlog import log_fields
+from processor.ingress.jsonlog import flush_lines, log_fields
 from processor.ingress.metrics import IngressMetrics
 from processor.ingress.msclock import MillisecondClock
 from processor.ingress.signature import Verifier, parse_header
@@ -237,18 +237,21 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if log is not None:
-            yield
-            return
-        from processor.eventlog import open_event_log
-
-        # leaving this block (after uvicorn finished in-flight requests) flushes and stops the producer
-        async with open_event_log(settings) as owned:
-            ingress.log = owned
-            try:
+        try:
+            if log is not None:
                 yield
-            finally:
-                ingress.log = None
+                return
+            from processor.eventlog import open_event_log
+
+            # leaving this block (after uvicorn finished in-flight requests) flushes and stops the producer
+            async with open_event_log(settings) as owned:
+                ingress.log = owned
+                try:
+                    yield
+                finally:
+                    ingress.log = None
+        finally:
+            flush_lines()  # the access-log lines of the last deliveries, before the process ends
 
     routes = [
         Route(WEBHOOK_PATH, ingress, methods=["POST"]),

@@ -119,6 +119,13 @@ def log_fields(logger: logging.Logger, level: int, msg: str, fields: dict[str, o
     handler.write_line(json_line(time.time(), logging.getLevelName(level), logger.name, msg, fields), level)
 
 
+def flush_lines() -> None:
+    """Write the lines the root handlers still hold. For uvicorn's worker processes: multiprocessing ends them
+    with os._exit, so logging's exit hook never runs and the last half second of lines would be lost."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
 def configure(level: str) -> None:
     """Send the processor's and uvicorn's logs to stderr as JSON lines."""
     handler = BufferedLineHandler()
