@@ -15,14 +15,13 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from processor import constants as c
 from processor.errors import ConfigError, LogUnavailable, SignatureError
@@ -64,16 +63,31 @@ class _Rejected(Exception):
         self.close = close
 
 
-def _response(status: int, code: str, *, close: bool = False) -> Response:
-    headers = {"Connection": "close"} if close else {}
+class _Answer(NamedTuple):
+    """A whole answer as the two ASGI messages that send it, built once and sent as often as needed (uvicorn
+    only reads them), instead of a Starlette Response rendering its headers on every delivery."""
+
+    status: int
+    start: dict[str, object]
+    body: dict[str, object]
+
+
+def _answer(status: int, payload: bytes, *, close: bool = False) -> _Answer:
+    headers = [(b"content-type", _JSON.encode()), (b"content-length", b"%d" % len(payload))]
+    if close:
+        headers.append((b"connection", b"close"))
     if status == 503:
-        headers["Retry-After"] = str(c.RETRY_AFTER_SECONDS)
-    return Response(b'{"error":"%s"}' % code.encode(), status, headers, _JSON)
+        headers.append((b"retry-after", str(c.RETRY_AFTER_SECONDS).encode()))
+    start = {"type": "http.response.start", "status": status, "headers": headers}
+    return _Answer(status, start, {"type": "http.response.body", "body": payload})
 
 
-# Responses are immutable once built and carry no background task, so one instance serves every request
-_ACCEPTED = Response(b'{"received":true}', 200, media_type=_JSON)
-_error = functools.lru_cache(maxsize=128)(_response)
+@functools.lru_cache(maxsize=128)
+def _error(status: int, code: str, *, close: bool = False) -> _Answer:
+    return _answer(status, b'{"error":"%s"}' % code.encode(), close=close)
+
+
+_ACCEPTED = _answer(200, b'{"received":true}')
 
 # what a deadline firing means, by phase: a slow-loris body, then a slow log
 _LATE_BODY = (BODY_TIMEOUT, _error(408, BODY_TIMEOUT, close=True))
@@ -119,8 +133,8 @@ class Ingress:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST /webhooks/stripe, as a plain ASGI app without a Request and a Response wrapped around every
-        delivery (bench/ingress.py: about a fifth more deliveries per second). WebhookFastPath calls it; its
-        route stays in the router so that other methods on the path get 405."""
+        delivery (bench/ingress.py: about a fifth more deliveries per second). IngressApp calls it; its route
+        stays in the router so that other methods on the path get 405."""
         started = time.perf_counter()
         task: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]
         event_id = event_type = None
@@ -164,12 +178,13 @@ class Ingress:
             "event_id": event_id,
             "event_type": event_type,
             "outcome": outcome,
-            "status": response.status_code,
+            "status": response.status,
             "bytes": size,
             "ms": round(elapsed * 1000, 3),
         }
         log_fields(_logger, logging.INFO if outcome == ACCEPTED else logging.WARNING, "webhook delivery", fields)
-        await response(scope, receive, send)
+        await send(response.start)
+        await send(response.body)
 
     async def _publish(
         self, body: bytes, key: str, event_id: str, event_type: str, kind: str, secret_index: int
@@ -207,25 +222,26 @@ class Ingress:
         return Response(self.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-class WebhookFastPath:
-    """Hands `POST /webhooks/stripe` straight to the ingress, ahead of Starlette's exception handling and
-    routing; every other request (and the webhook path with another method) takes the ordinary route.
+class IngressApp(Starlette):
+    """The ingress's Starlette app, which hands `POST /webhooks/stripe` straight to the ingress; every other
+    request (and the webhook path with another method, which gets 405) goes through Starlette as usual.
 
-    Starlette's per-request machinery (an exception-handling wrapper with its own Request, regex matching of
-    each route) cost the ingress as much CPU as verifying, parsing and publishing a delivery together
-    (bench/ingress.py: 70-80 us of CPU per delivery with this, 88-105 us without). It stays inside
-    ServerErrorMiddleware, so an unexpected error still gets Starlette's 500.
+    Starlette's per-request machinery (two middlewares, an exception-handling wrapper with its own Request,
+    regex matching of each route) cost as much CPU as verifying, parsing and publishing a delivery together.
+    An unexpected error in the ingress still gets a 500: uvicorn answers it and logs the traceback, as
+    Starlette's ServerErrorMiddleware would have.
     """
 
-    def __init__(self, app: ASGIApp, ingress: Ingress) -> None:
-        self.app = app
+    def __init__(self, ingress: Ingress, **options: Any) -> None:
+        super().__init__(**options)
         self.ingress = ingress
+        self.state.ingress = ingress
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == WEBHOOK_PATH and scope["method"] == "POST":
             await self.ingress(scope, receive, send)
         else:
-            await self.app(scope, receive, send)
+            await super().__call__(scope, receive, send)
 
 
 def build_app(
@@ -260,6 +276,4 @@ def build_app(
         Route("/readyz", ingress.readyz, methods=["GET"]),
         Route("/metrics", ingress.metrics_endpoint, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(WebhookFastPath, ingress=ingress)])
-    app.state.ingress = ingress
-    return app
+    return IngressApp(ingress, routes=routes, lifespan=lifespan)
