@@ -20,6 +20,7 @@ from processor.devkafka import KafkaBroker
 from processor.eventlog.base import EventLog, Record
 from processor.eventlog.kafka import KafkaEventLog
 from processor.ingress import build_app
+from processor.ingress.metrics import FLUSH_INTERVAL_S
 from processor.ingress.signature import sign
 from processor.serving import free_port, serving
 from processor.settings import Secret, Settings
@@ -329,6 +330,16 @@ async def test_cli_serves_with_workers_and_finishes_in_flight_requests_on_sigter
                 await asyncio.sleep(0.2)
             first = thin_event()
             assert (await client.post(WEBHOOK, content=first, headers=signed(first))).status_code == 200
+            more = [thin_event() for _ in range(6)]
+            for event in more:  # on fresh connections, so both workers get some
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as fresh:
+                    assert (await fresh.post(WEBHOOK, content=event, headers=signed(event))).status_code == 200
+            # whichever worker answers the scrape reports every worker's deliveries, once they flushed
+            await asyncio.sleep(FLUSH_INTERVAL_S + 0.5)
+            for _ in range(3):
+                metrics = (await client.get("/metrics")).text
+                counted = [line for line in metrics.splitlines() if line.startswith("processor_ingress_deliveries_")]
+                assert sum(float(line.rsplit(" ", 1)[1]) for line in counted if "_total{" in line) == 7, metrics
         body = thin_event()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         head = (
@@ -355,7 +366,7 @@ async def test_cli_serves_with_workers_and_finishes_in_flight_requests_on_sigter
     # one JSON access-log line per delivery, with its event id and outcome
     access = [orjson.loads(line) for line in output.splitlines() if '"webhook delivery"' in line]
     assert {(line["event_id"], line["outcome"], line["status"]) for line in access} == {
-        (orjson.loads(event)["id"], "accepted", 200) for event in (first, body)
+        (orjson.loads(event)["id"], "accepted", 200) for event in (first, *more, body)
     }
     stored = await records(kafka_log.bootstrap, kafka_settings.topic(c.TOPIC_EVENTS))
-    assert sorted(r.value for r in stored) == sorted([first, body])
+    assert sorted(r.value for r in stored) == sorted([first, *more, body])
