@@ -180,7 +180,7 @@ class Ingress:
             "outcome": outcome,
             "status": response.status,
             "bytes": size,
-            "ms": round(elapsed * 1000, 3),
+            "ms": int(elapsed * 1_000_000) / 1000,  # to the microsecond, without round(x, 3)'s decimal detour
         }
         log_fields(_logger, logging.INFO if outcome == ACCEPTED else logging.WARNING, "webhook delivery", fields)
         await send(response.start)
