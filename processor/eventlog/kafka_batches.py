@@ -61,11 +61,27 @@ class PartitionBatcher:
         self._on_error = on_error
         self._partitions: dict[tuple[str, int], _Partition] = {}
         self._senders: set[asyncio.Task[None]] = set()
+        # partitions per topic, from the cluster metadata aiokafka keeps current; read once per metadata update
+        # rather than per record (aiokafka builds a new set on every `partitions_for_topic`)
+        self._partition_counts: dict[str, int] = {}
+        self._watching_metadata = False
 
     def place(self, topic: str, key: bytes | None) -> int | None:
-        """The record's partition, from the cluster metadata aiokafka keeps current; None if not known yet."""
-        known = self._producer.client.cluster.partitions_for_topic(topic)
-        return choose_partition(key, len(known)) if known else None
+        """The record's partition, from the cluster metadata; None if the topic's is not known yet."""
+        count = self._partition_counts.get(topic)
+        if count is None:
+            cluster = self._producer.client.cluster
+            if not self._watching_metadata:
+                cluster.add_listener(self._metadata_updated)
+                self._watching_metadata = True
+            known = cluster.partitions_for_topic(topic)
+            if not known:
+                return None
+            count = self._partition_counts[topic] = len(known)
+        return choose_partition(key, count)
+
+    def _metadata_updated(self, cluster: object) -> None:
+        self._partition_counts.clear()  # a topic may have gained partitions
 
     async def place_when_known(self, topic: str, key: bytes | None) -> int:
         """`place`, waiting for the topic's metadata if needed (up to the producer's request timeout)."""

@@ -10,6 +10,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 
 from processor.errors import LogUnavailable
 from processor.eventlog.kafka_batches import PartitionBatcher
+from processor.eventlog.partitioner import choose_partition
 
 
 class FakeProducer:
@@ -80,3 +81,37 @@ async def test_a_batch_nobody_waits_for_any_more_is_not_sent() -> None:
     assert await after == 1
     await batcher.flush()
     assert producer.sent == [("t", 0, 1), ("t", 1, 1)]
+
+
+class FakeCluster:
+    """aiokafka's ClusterMetadata as the batcher uses it: partitions per topic and update listeners."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.listeners: list[Any] = []
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return set(range(self.partitions)) if topic == "t" else None
+
+    def add_listener(self, listener: Any) -> None:
+        self.listeners.append(listener)
+
+    def update(self, partitions: int) -> None:
+        self.partitions = partitions
+        for listener in self.listeners:
+            listener(self)
+
+
+async def test_records_are_placed_by_the_partition_count_of_the_latest_metadata() -> None:
+    """Kafka's default partitioner over the topic's current partitions; a topic that grew spreads wider."""
+    producer = FakeProducer()
+    cluster = FakeCluster(2)
+    producer.client = type("Client", (), {"cluster": cluster})()  # type: ignore[attr-defined]
+    batcher = batcher_with(producer)
+    keys = [b"acct_%d" % i for i in range(50)]
+    assert [batcher.place("t", key) for key in keys] == [choose_partition(key, 2) for key in keys]
+    assert batcher.place("unknown", b"k") is None  # no metadata yet: the caller waits for it
+    cluster.update(8)
+    placed = [batcher.place("t", key) for key in keys]
+    assert placed == [choose_partition(key, 8) for key in keys]
+    assert max(placed) > 1  # the check above could not pass with the old count
