@@ -8,11 +8,13 @@
       guarantees (idempotent, acks=all).
 
 Load comes from `wrk` (apt install wrk), which cycles through pre-signed requests, so the load generator
-costs little CPU next to the servers on a 2-core machine. Prints req/s and p50/p99 per target and level, the
-ratios a/b and a/c at each target's peak, and p99 of (a) at half of its peak rate.
+costs little CPU next to the servers on a 2-core machine. The three servers run side by side and take turns:
+each round runs every target at every level, and the figures are medians over the rounds, because this
+shared machine's speed drifts by a quarter within a minute. Prints req/s and p50/p99 per target and level,
+the ratios a/b and a/c at each target's peak, and p99 of (a) at half of its peak rate.
 
     .venv/bin/python bench/ingress.py                 # starts its own Kafka broker (jars from Maven Central)
-    .venv/bin/python bench/ingress.py --bootstrap 127.0.0.1:9092 --levels 1,8,32,64 --duration 5
+    .venv/bin/python bench/ingress.py --bootstrap 127.0.0.1:9092 --levels 1,8,32,64 --rounds 5
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -242,11 +245,25 @@ async def create_topics(bootstrap: str, topics: list[str], partitions: int) -> N
         await log.ensure_topics(topics)
 
 
+def median_result(results: list[Result]) -> Result:
+    """The median of each figure over the rounds of one target at one level."""
+    first = results[0]
+    return Result(
+        first.target,
+        first.connections,
+        statistics.median(r.rps for r in results),
+        statistics.median(r.p50_ms for r in results),
+        statistics.median(r.p99_ms for r in results),
+        sum(r.errors for r in results),
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bootstrap", help="an existing broker; default: start one")
     parser.add_argument("--levels", default="1,4,16,64,128", help="concurrent connections per stage")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per stage")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per stage")
+    parser.add_argument("--rounds", type=int, default=3, help="times every target runs every level (medians)")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of every target")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--log-level", default="INFO", help="the ingress's log level (its logs go to a file)")
@@ -284,42 +301,49 @@ def main() -> int:
                 "/",
             ),
         }
-        results: dict[str, list[Result]] = {}
-        for name, (command, extra, probe) in targets.items():
-            port = free_port()
-            env = {**base_env, **extra, "PROCESSOR_PORT": str(port)}
-            full = [*command, "--port", str(port)]
-            url = f"http://127.0.0.1:{port}"
-            with server(full, env, url, probe, workdir / f"{name.split()[1]}.log"):
+        with contextlib.ExitStack() as servers:
+            urls = {}
+            for name, (command, extra, probe) in targets.items():
+                port = free_port()
+                env = {**base_env, **extra, "PROCESSOR_PORT": str(port)}
+                url = urls[name] = f"http://127.0.0.1:{port}"
+                servers.enter_context(
+                    server([*command, "--port", str(port)], env, url, probe, workdir / f"{name.split()[1]}.log")
+                )
                 run_wrk(name, url, 8, 2.0, workdir)  # warm-up: connections, JIT of the broker, metadata
-                results[name] = []
+            # every round runs every target at every level in turn, so a slow spell of this shared machine
+            # lands on all three targets alike instead of on whichever ran during it
+            runs: dict[tuple[str, int], list[Result]] = {(name, n): [] for name in targets for n in levels}
+            for round_number in range(1, args.rounds + 1):
                 for connections in levels:
-                    result = run_wrk(name, url, connections, args.duration, workdir)
-                    results[name].append(result)
-                    print(
-                        f"{name:11} c={connections:<4} {result.rps:9.0f} req/s  p50 {result.p50_ms:7.2f} ms"
-                        f"  p99 {result.p99_ms:7.2f} ms  errors {result.errors}",
-                        flush=True,
-                    )
-                if name.startswith("a"):
-                    peak = max(results[name], key=lambda r: r.rps)
-                    half = half_peak_run(name, url, peak.rps / 2, args.duration, workdir)
-                    print(
-                        f"{name:11} at half peak (target {peak.rps / 2:.0f} req/s): {half.rps:.0f} req/s"
-                        f"  p50 {half.p50_ms:.2f} ms  p99 {half.p99_ms:.2f} ms  errors {half.errors}",
-                        flush=True,
-                    )
-                    results["a half"] = [half]
-        peaks = {name: max(rs, key=lambda r: r.rps) for name, rs in results.items() if name != "a half"}
-        a, b, c = peaks["a ingress"], peaks["b noop"], peaks["c textbook"]
-        half = results["a half"][0]
+                    for name, url in urls.items():
+                        result = run_wrk(name, url, connections, args.duration, workdir)
+                        runs[name, connections].append(result)
+                        print(
+                            f"round {round_number} {name:11} c={connections:<4} {result.rps:9.0f} req/s"
+                            f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  errors {result.errors}",
+                            flush=True,
+                        )
+            print(f"\nmedians of {args.rounds} rounds:")
+            medians = {key: median_result(results) for key, results in runs.items()}
+            for (name, connections), result in medians.items():
+                print(
+                    f"{name:11} c={connections:<4} {result.rps:9.0f} req/s  p50 {result.p50_ms:7.2f} ms"
+                    f"  p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
+                )
+            peaks = {name: max((medians[name, n] for n in levels), key=lambda r: r.rps) for name in targets}
+            a, b, c = peaks["a ingress"], peaks["b noop"], peaks["c textbook"]
+            half = half_peak_run("a ingress", urls["a ingress"], a.rps / 2, args.duration, workdir)
         print()
         print(
-            f"peak req/s: a={a.rps:.0f} (c={a.connections})  b={b.rps:.0f} (c={b.connections})"
+            f"peak req/s (medians): a={a.rps:.0f} (c={a.connections})  b={b.rps:.0f} (c={b.connections})"
             f"  c={c.rps:.0f} (c={c.connections})"
         )
         print(f"a/b = {a.rps / b.rps:.2f} (target >= 0.7)   a/c = {a.rps / c.rps:.1f} (target >= 5)")
-        print(f"a at half peak: {half.rps:.0f} req/s, p99 {half.p99_ms:.2f} ms (target <= 20 ms)")
+        print(
+            f"a at half peak (target {a.rps / 2:.0f} req/s): {half.rps:.0f} req/s, p50 {half.p50_ms:.2f} ms,"
+            f" p99 {half.p99_ms:.2f} ms (target <= 20 ms)"
+        )
         return 0
     finally:
         if broker is not None:
