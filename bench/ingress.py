@@ -223,9 +223,17 @@ def wait_http(url: str, path: str, timeout_s: float = 60) -> None:
 
 
 @contextlib.contextmanager
-def server(command: list[str], env: dict[str, str], url: str, probe: str, log: Path) -> Iterator[None]:
+def server(
+    command: list[str], env: dict[str, str], url: str, probe: str, log: Path, cpus: set[int] | None = None
+) -> Iterator[None]:
+    def pin() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)  # before the server starts any thread, so all of them inherit it
+
     with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=pin
+        )
     try:
         wait_http(url, probe)
         yield
@@ -267,11 +275,28 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of every target")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--log-level", default="INFO", help="the ingress's log level (its logs go to a file)")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="servers on the last CPU, broker and wrk on the others (default: with one worker and 2+ CPUs)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("bench: needs wrk (apt-get install wrk)", file=sys.stderr)
         return 2
     levels = [int(x) for x in args.levels.split(",")]
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = args.pin if args.pin is not None else (args.workers == 1 and len(cpus) >= 2)
+    server_cpus = None
+    if pin:
+        # The broker stands in for a Kafka cluster on other machines: unpinned, its threads (and wrk) preempted
+        # whichever server was under test, and (a) swung between 9k and 15k req/s from round to round while (b)
+        # never waits for the broker. Pinned, every server gets the same core to itself, the broker and wrk share
+        # the rest. This process pins itself first, so the broker and every wrk it starts inherit that.
+        server_cpus = {cpus[-1]}
+        os.sched_setaffinity(0, set(cpus[:-1]))
+        print(f"pinned: servers on CPU {cpus[-1]}, broker and wrk on CPU {','.join(map(str, cpus[:-1]))}")
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingress-"))
     broker = None
     try:
@@ -307,9 +332,8 @@ def main() -> int:
                 port = free_port()
                 env = {**base_env, **extra, "PROCESSOR_PORT": str(port)}
                 url = urls[name] = f"http://127.0.0.1:{port}"
-                servers.enter_context(
-                    server([*command, "--port", str(port)], env, url, probe, workdir / f"{name.split()[1]}.log")
-                )
+                log = workdir / f"{name.split()[1]}.log"
+                servers.enter_context(server([*command, "--port", str(port)], env, url, probe, log, server_cpus))
                 run_wrk(name, url, 8, 2.0, workdir)  # warm-up: connections, JIT of the broker, metadata
             # every round runs every target at every level in turn, so a slow spell of this shared machine
             # lands on all three targets alike instead of on whichever ran during it
