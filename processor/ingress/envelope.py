@@ -50,10 +50,11 @@ def parse_envelope(body: bytes) -> Envelope:
         raise EnvelopeError("body is not JSON", NOT_JSON) from None
     if not isinstance(data, dict):
         raise EnvelopeError("body is not a JSON object", NOT_EVENT)
-    event_id, event_type = _string(data.get("id")), _string(data.get("type"))
-    if event_id is None or event_type is None:
+    event_id, event_type, kind = data.get("id"), data.get("type"), data.get("object")
+    if not (event_id and event_type and isinstance(event_id, str) and isinstance(event_type, str)):
         raise EnvelopeError("event without id or type", NOT_EVENT)
-    kind = _string(data.get("object")) or ""
+    if not isinstance(kind, str):
+        kind = ""
     return Envelope(event_id, event_type, kind, _key(data, kind, event_type) or event_id)
 
 

@@ -84,14 +84,14 @@ class _HmacSha256:
         self._inner = hashlib.sha256(key.translate(_INNER_PAD))
         self._outer = hashlib.sha256(key.translate(_OUTER_PAD))
 
-    def hexdigest(self, *parts: bytes) -> bytes:
-        """The hex digest of the concatenated parts, as ASCII bytes."""
+    def hexdigest(self, *parts: bytes) -> str:
+        """The hex digest of the concatenated parts."""
         inner = self._inner.copy()
         for part in parts:
             inner.update(part)
         outer = self._outer.copy()
         outer.update(inner.digest())
-        return outer.hexdigest().encode()
+        return outer.hexdigest()
 
 
 class Verifier:
@@ -109,8 +109,8 @@ class Verifier:
         """Return the index of the secret whose signature matches; raise SignatureError otherwise."""
         # "%d" re-renders the timestamp like the SDK does, so "t=012" signs "12."
         prefix = b"%d." % header.timestamp
-        # non-ASCII candidates cannot equal a hex digest (and compare_digest refuses them)
-        candidates = [s.encode() for s in header.signatures if s.isascii()]
+        # non-ASCII candidates cannot equal a hex digest (and compare_digest refuses non-ASCII text)
+        candidates = [s for s in header.signatures if s.isascii()]
         matched = -1
         for index, key in enumerate(self._keys):
             expected = key.hexdigest(prefix, payload)

@@ -173,5 +173,5 @@ def test_precomputed_hmac_equals_the_hmac_module(key: bytes, parts: list[bytes])
     import hashlib
     import hmac
 
-    expected = hmac.new(key, b"".join(parts), hashlib.sha256).hexdigest().encode()
+    expected = hmac.new(key, b"".join(parts), hashlib.sha256).hexdigest()
     assert signature._HmacSha256(key).hexdigest(*parts) == expected
