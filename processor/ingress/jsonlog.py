@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -17,9 +18,10 @@ iso_ms = MillisecondClock("+00:00")
 
 def json_line(created: float, level: str, logger: str, msg: str, fields: dict[str, object] | None) -> str:
     """One log line: when, level, logger, message, then the structured fields."""
-    line: dict[str, object] = {"ts": iso_ms(created), "level": level, "logger": logger, "msg": msg}
     if fields:
-        line.update(fields)
+        line = {"ts": iso_ms(created), "level": level, "logger": logger, "msg": msg, **fields}
+    else:
+        line = {"ts": iso_ms(created), "level": level, "logger": logger, "msg": msg}
     return orjson.dumps(line, default=str).decode()
 
 
@@ -46,7 +48,8 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self, stream: TextIO | None = None, *, flush_interval_s: float = 0.5, max_lines: int = 512) -> None:
         super().__init__(stream)
         self.max_lines = max_lines
-        self._lines: list[str] = []
+        # appended without the handler's lock (deque appends and pops are atomic), taken by the writer under it
+        self._lines: collections.deque[str] = collections.deque()
         self._stopping = threading.Event()
         self._flusher = threading.Thread(target=self._flush_periodically, args=(flush_interval_s,),
                                          name="log-flusher", daemon=True)
@@ -62,15 +65,15 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def write_line(self, line: str, level: int) -> None:
         """Queue a formatted line (the fast path of `log_fields`, which skips the LogRecord)."""
-        with self.lock:  # type: ignore[union-attr]
-            self._lines.append(line)
-            if level >= logging.WARNING or len(self._lines) >= self.max_lines:
-                self.flush()
+        self._lines.append(line)
+        if level >= logging.WARNING or len(self._lines) >= self.max_lines:
+            self.flush()
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
             if self._lines:
-                lines, self._lines = self._lines, []
+                # only the lines queued so far: others may be appended meanwhile, and keep their order
+                lines = [self._lines.popleft() for _ in range(len(self._lines))]
                 self.stream.write("\n".join(lines) + "\n")
             if self.stream and hasattr(self.stream, "flush"):
                 self.stream.flush()

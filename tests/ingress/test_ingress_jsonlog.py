@@ -79,3 +79,24 @@ def test_log_fields_uses_ordinary_records_when_another_handler_listens(caplog: p
     [record] = [r for r in caplog.records if r.name == logger.name]
     assert record.getMessage() == "webhook delivery"
     assert record.fields == {"event_id": "evt_2"}  # type: ignore[attr-defined]
+
+
+def test_lines_written_from_several_threads_during_flushes_are_each_written_once_in_order() -> None:
+    """Writers append without the handler's lock while the flusher thread drains: nothing lost or doubled."""
+    import threading
+
+    stream = io.StringIO()
+    handler = BufferedLineHandler(stream, flush_interval_s=0.001, max_lines=50)
+    writers = [
+        threading.Thread(target=lambda w=w: [handler.write_line(f"{w} {i}", logging.INFO) for i in range(5000)])
+        for w in range(4)
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    handler.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 4 * 5000
+    for w in range(4):
+        assert [int(line.split()[1]) for line in lines if line.startswith(f"{w} ")] == list(range(5000))
