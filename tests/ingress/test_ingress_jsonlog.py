@@ -8,8 +8,10 @@ import time
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from processor.ingress.jsonlog import BufferedLineHandler, JsonFormatter, log_fields
+from processor.ingress.jsonlog import BufferedLineHandler, JsonFormatter, iso_ms, json_line, log_fields
 
 
 def make_logger(stream: io.StringIO, interval_s: float) -> tuple[logging.Logger, BufferedLineHandler]:
@@ -100,3 +102,22 @@ def test_lines_written_from_several_threads_during_flushes_are_each_written_once
     assert len(lines) == 4 * 5000
     for w in range(4):
         assert [int(line.split()[1]) for line in lines if line.startswith(f"{w} ")] == list(range(5000))
+
+
+_values = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text()
+_keys = st.sampled_from(["ts", "level", "logger", "msg", "event_id", "status"]) | st.text()
+
+
+@given(
+    created=st.floats(min_value=0, max_value=4_102_444_800),
+    level=st.sampled_from(["INFO", "WARNING"]),
+    logger=st.text(),
+    msg=st.text(),
+    fields=st.none() | st.dictionaries(_keys, _values, max_size=6),
+)
+def test_json_line_is_the_merged_dict_dumped(
+    created: float, level: str, logger: str, msg: str, fields: dict[str, object] | None
+) -> None:
+    """The spliced line is byte for byte the line of one merged dict, escapes and overridden keys included."""
+    merged = {"ts": iso_ms(created), "level": level, "logger": logger, "msg": msg, **(fields or {})}
+    assert json_line(created, level, logger, msg, fields) == orjson.dumps(merged).decode()
