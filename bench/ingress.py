@@ -266,12 +266,24 @@ def median_result(results: list[Result]) -> Result:
     )
 
 
+def paired_ratios(runs: dict[tuple[str, int], list[Result]], levels: list[int], top: str, bottom: str) -> str:
+    """The ratio of two targets' peaks round by round, and its median: the two peaks of a round were measured
+    within seconds of each other, so a slow spell of the machine moves both, where medians taken per target
+    can pair one target's fast round with the other's slow one."""
+    rounds = len(runs[top, levels[0]])
+    ratios = [
+        max(runs[top, n][r].rps for n in levels) / max(runs[bottom, n][r].rps for n in levels) for r in range(rounds)
+    ]
+    listed = ", ".join(f"{ratio:.2f}" for ratio in ratios)
+    return f"{listed} (median {statistics.median(ratios):.2f}, lowest {min(ratios):.2f})"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bootstrap", help="an existing broker; default: start one")
     parser.add_argument("--levels", default="1,4,16,64,128", help="concurrent connections per stage")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per stage")
-    parser.add_argument("--rounds", type=int, default=3, help="times every target runs every level (medians)")
+    parser.add_argument("--rounds", type=int, default=5, help="times every target runs every level (medians)")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of every target")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--log-level", default="INFO", help="the ingress's log level (its logs go to a file)")
@@ -364,6 +376,8 @@ def main() -> int:
             f"  c={c.rps:.0f} (c={c.connections})"
         )
         print(f"a/b = {a.rps / b.rps:.2f} (target >= 0.7)   a/c = {a.rps / c.rps:.1f} (target >= 5)")
+        print(f"a/b within each round: {paired_ratios(runs, levels, 'a ingress', 'b noop')}")
+        print(f"a/c within each round: {paired_ratios(runs, levels, 'a ingress', 'c textbook')}")
         print(
             f"a at half peak (target {a.rps / 2:.0f} req/s): {half.rps:.0f} req/s, p50 {half.p50_ms:.2f} ms,"
             f" p99 {half.p99_ms:.2f} ms (target <= 20 ms)"
