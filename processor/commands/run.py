@@ -9,7 +9,9 @@ import dataclasses
 import signal
 from pathlib import Path
 
+from processor import eventloop
 from processor.service import DEFAULT_RECONCILE_INTERVAL_S, ServiceInfo, run_service
+from processor.serving import freeze_startup_heap
 from processor.settings import Settings
 
 
@@ -21,6 +23,7 @@ async def _main(settings: Settings, emulator_port: int, reconcile_interval_s: fl
             loop.add_signal_handler(signum, stop.set)
 
     def ready(info: ServiceInfo) -> None:
+        freeze_startup_heap()  # everything is built and connected: the long-lived part of the heap exists now
         print(info.banner(), flush=True)
 
     await run_service(settings, stop, emulator_port=emulator_port, reconcile_interval_s=reconcile_interval_s,
@@ -38,7 +41,7 @@ def _run(args: argparse.Namespace) -> int:
         if "PROCESSOR_PUBLIC_URL" not in settings.extra:
             changes["public_url"] = f"http://{settings.host}:{args.port}"
     settings = dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
-    asyncio.run(_main(settings, args.emulator_port, args.reconcile_interval))
+    eventloop.run(_main(settings, args.emulator_port, args.reconcile_interval))
     return 0
 
 
