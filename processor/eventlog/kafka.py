@@ -1,9 +1,9 @@
 """The Kafka event-log backend (aiokafka).
 
-The producer is idempotent with `acks=all`, so `publish` returns only once every in-sync replica has the
-record and a retried send is never written twice. Consumers never auto-commit: the caller commits after its
-own database transaction, and a commit after a rebalance is refused (CommitRejected) instead of moving an
-offset the consumer no longer owns.
+The producer is idempotent with `acks=all` (kafka_batches.py, kafka_session.py), so `publish` returns only once
+every in-sync replica has the record and a resent batch is never written twice. Consumers never auto-commit:
+the caller commits after its own database transaction, and a commit after a rebalance is refused
+(CommitRejected) instead of moving an offset the consumer no longer owns.
 """
 
 from __future__ import annotations
@@ -64,17 +64,11 @@ class KafkaEventLog:
     async def start(self) -> None:
         if self._producer is not None:
             return
+        # aiokafka's producer provides the connections, cluster metadata and API versions; the batcher builds
+        # and sends the produce requests itself (acks=all, idempotent through its own producer session), so
+        # aiokafka's sender never has anything to send and its idempotence stays off
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, client_id=self.client_id,
-            enable_idempotence=True,  # implies acks=all and no duplicates from producer retries
-            # linger 0: a lone webhook is sent at once (bench/ingress.py: p50 at 1 connection 3.4 ms with 2 ms of
-            # linger, 0.8 ms without); under load batches still form while a request is in flight
-            acks="all", linger_ms=self.linger_ms, request_timeout_ms=self.request_timeout_ms,
-            # aiokafka keeps one open batch per partition; at its 16 KiB default, concurrent 1 KiB publishes
-            # queue behind round trips (measured: 1.1k rec/s vs 12.6k with 1 MiB batches, bench/log_throughput.py)
-            max_batch_size=1024 * 1024,
-            # a webhook body may be up to 1 MiB (the ingress limit) plus headers
-            max_request_size=2 * 1024 * 1024,
+            bootstrap_servers=self.bootstrap, client_id=self.client_id, request_timeout_ms=self.request_timeout_ms,
         )
         try:
             await producer.start()
@@ -83,7 +77,15 @@ class KafkaEventLog:
                 await producer.stop()
             raise LogUnavailable(f"cannot connect to Kafka at {self.bootstrap}: {exc}") from exc
         self._producer = producer
-        self._batcher = PartitionBatcher(producer, self._write_failed)
+        self._batcher = PartitionBatcher(
+            producer, self._write_failed, request_timeout_ms=self.request_timeout_ms,
+            # one open batch per partition; at aiokafka's 16 KiB default, concurrent 1 KiB publishes queued behind
+            # round trips (measured: 1.1k rec/s vs 12.6k with 1 MiB batches, bench/log_throughput.py)
+            batch_size=1024 * 1024,
+            # linger 0: a lone webhook is sent at once (bench/ingress.py: p50 at 1 connection 3.4 ms with 2 ms of
+            # linger, 0.8 ms without); under load batches still form while a request is in flight
+            linger_ms=self.linger_ms,
+        )
         self._healthy = True
         self._health_task = asyncio.create_task(self._watch_health(), name="kafka-health")
 
