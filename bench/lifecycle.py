@@ -227,7 +227,7 @@ async def main(args: argparse.Namespace) -> None:
     if args.bootstrap:
         bootstrap = args.bootstrap
     else:
-        broker = KafkaBroker(workdir / "kafka").start()
+        broker = KafkaBroker(workdir / "kafka", heap="1g", quick_start=False).start()  # full JIT, as deployed
         bootstrap = broker.bootstrap
     server_dsn = args.database_url or start_embedded_server(workdir)
     db_name = f"bench_{uuid.uuid4().hex[:8]}"
