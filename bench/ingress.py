@@ -153,7 +153,9 @@ def lua_script(directory: Path) -> Path:
         "function request() i = i % n + 1; return reqs[i] end",
         "if os.getenv('BENCH_DELAY_MS') then",
         "  local d = tonumber(os.getenv('BENCH_DELAY_MS'))",
-        "  function delay() return d end",
+        # exponential pauses: the connections' requests add up to Poisson arrivals at the paced rate, where
+        # equal pauses kept them in step and every response wave came back as a burst of requests
+        "  function delay() return -d * math.log(1 - math.random()) end",
         "end",
     ]
     path = directory / f"deliveries-{uuid.uuid4().hex[:6]}.lua"
@@ -200,16 +202,21 @@ def run_wrk(
     return Result(target, connections, rps, p50, p99, errors)
 
 
+#: the mean pause of a paced connection after each response; wrk truncates `delay()` to whole milliseconds,
+#: which turned sub-millisecond pauses into 0 or 1 ms (half-peak runs landed at 0.8x to 1.5x their target)
+PACING_DELAY_MS = 20
+
+
 def half_peak_run(name: str, url: str, target_rps: float, duration: float, workdir: Path) -> Result:
-    """Hold about `target_rps` with paced connections (wrk's per-connection delay), calibrated twice."""
-    connections = 16
-    delay_ms = connections * 1000 / target_rps
+    """Hold about `target_rps`: connections that each pause a random time (mean PACING_DELAY_MS) after every
+    response, as many as that rate needs, their number calibrated twice against the rate measured."""
+    connections = max(1, round(target_rps * PACING_DELAY_MS / 1000))
     for _ in range(2):
-        probe = run_wrk(name, url, connections, 3, workdir, delay_ms=delay_ms)
-        # each connection cycles in delay + service time; keep the service time, fix the delay
-        service_ms = max(connections * 1000 / probe.rps - delay_ms, 0.0)
-        delay_ms = max(connections * 1000 / target_rps - service_ms, 0.0)
-    return run_wrk(name, url, connections, duration * 2, workdir, delay_ms=delay_ms)
+        probe = run_wrk(name, url, connections, 3, workdir, delay_ms=PACING_DELAY_MS)
+        # each connection cycles in delay + service time: keep that cycle, fix the number of connections
+        cycle_ms = connections * 1000 / probe.rps
+        connections = max(1, round(target_rps * cycle_ms / 1000))
+    return run_wrk(name, url, connections, duration * 2, workdir, delay_ms=PACING_DELAY_MS)
 
 
 def warm_up_broker(url: str, workdir: Path, *, slice_s: float = 3.0, limit_s: float = 45.0) -> None:
