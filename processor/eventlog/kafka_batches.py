@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 _MAGIC, _NO_COMPRESSION, _NOT_TRANSACTIONAL = 2, 0, 0
 #: acks=all: the leader answers once every in-sync replica has the batch
 _ACKS_ALL = -1
-#: wait before resending, by attempt (the last repeats)
+#: wait before resending, by attempt (the last repeats); without the jitter of stripe_client.backoff_delay on
+#: purpose: partitions refused in one answer (a leader moved) come back together and share the next request
 _BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0)
 
 
