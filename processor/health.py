@@ -1,16 +1,24 @@
-"""A tiny HTTP server for a worker's liveness and metrics: GET /healthz, /readyz and /metrics.
+"""A worker's liveness, readiness and metrics endpoints: GET /healthz, /readyz and /metrics.
 
-Plain asyncio streams rather than a web framework: three fixed answers do not need routing or middleware,
-and the worker stays one event loop with no extra server to shut down.
+A small Starlette app served by uvicorn (the same HTTP stack as the ingress and the API), so request parsing,
+limits and timeouts are the server's, not ours.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from urllib.parse import urlsplit
 
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from processor.serving import serving
+
+#: the content type of Prometheus's text exposition format
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class HealthServer:
@@ -22,54 +30,30 @@ class HealthServer:
         self.metrics = metrics
         self.port = 0
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(5):
-                request_line = await reader.readline()
-                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    pass  # headers are not needed
-            method, _, rest = request_line.decode("latin-1").partition(" ")
-            path = rest.split(" ", 1)[0].split("?", 1)[0]
-            if method != "GET":
-                status, body, ctype = 405, b'{"error":"method_not_allowed"}', "application/json"
-            elif path == "/healthz":
-                ok = self.alive()
-                status, body, ctype = (
-                    (200 if ok else 503),
-                    b'{"status":"%s"}' % (b"ok" if ok else b"stalled"),
-                    "application/json",
-                )
-            elif path == "/readyz":
-                ok = self.ready()
-                status, body, ctype = (
-                    (200 if ok else 503),
-                    b'{"status":"%s"}' % (b"ready" if ok else b"unavailable"),
-                    "application/json",
-                )
-            elif path == "/metrics":
-                status, body, ctype = 200, self.metrics(), "text/plain; version=0.0.4; charset=utf-8"
-            else:
-                status, body, ctype = 404, b'{"error":"not_found"}', "application/json"
-            head = (
-                f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            )
-            writer.write(head.encode() + body)
-            await writer.drain()
-        except (TimeoutError, ConnectionError, UnicodeDecodeError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+    async def _healthz(self, request: Request) -> Response:
+        ok = self.alive()
+        return JSONResponse({"status": "ok" if ok else "stalled"}, status_code=200 if ok else 503)
+
+    async def _readyz(self, request: Request) -> Response:
+        ok = self.ready()
+        return JSONResponse({"status": "ready" if ok else "unavailable"}, status_code=200 if ok else 503)
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(self.metrics(), media_type=METRICS_CONTENT_TYPE)
+
+    def app(self) -> Starlette:
+        """The ASGI app: three GET routes; anything else is Starlette's 404/405."""
+        return Starlette(
+            routes=[
+                Route("/healthz", self._healthz, methods=["GET"]),
+                Route("/readyz", self._readyz, methods=["GET"]),
+                Route("/metrics", self._metrics, methods=["GET"]),
+            ]
+        )
 
     @contextlib.asynccontextmanager
     async def serving(self, host: str, port: int) -> AsyncIterator[HealthServer]:
         """Listen on host:port (0 = a free port, then `self.port`) until the block ends."""
-        server = await asyncio.start_server(self._handle, host, port)
-        self.port = int(server.sockets[0].getsockname()[1])
-        try:
+        async with serving(self.app(), host=host, port=port, lifespan="off") as base_url:
+            self.port = int(urlsplit(base_url).port or 0)
             yield self
-        finally:
-            server.close()
-            await server.wait_closed()
