@@ -267,7 +267,6 @@ def build_app(
                 finally:
                     ingress.log = None
         finally:
-            ingress.metrics.flush()  # into this worker's multiprocess files, for the workers that remain
             flush_lines()  # the access-log lines of the last deliveries, before the process ends
 
     routes = [
