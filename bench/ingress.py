@@ -82,7 +82,11 @@ def textbook_app() -> object:
     threading.Thread(target=loop.run_forever, daemon=True).start()
 
     async def make() -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+        from processor.settings import Settings
+
+        # the same PROCESSOR_KAFKA_* security settings as the processor, for a secured --bootstrap cluster
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all",
+                                    **Settings.from_env().kafka_security.client_options())
         await producer.start()
         return producer
 
@@ -271,8 +275,10 @@ def server(
 
 async def create_topics(bootstrap: str, topics: list[str], partitions: int) -> None:
     from processor.eventlog.kafka import KafkaEventLog
+    from processor.settings import Settings
 
-    async with KafkaEventLog([bootstrap], default_partitions=partitions) as log:
+    security = Settings.from_env().kafka_security  # PROCESSOR_KAFKA_* security settings, for a secured cluster
+    async with KafkaEventLog([bootstrap], default_partitions=partitions, security=security) as log:
         await log.ensure_topics(topics)
 
 

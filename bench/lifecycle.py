@@ -55,6 +55,7 @@ from processor.emulator.runner import RunningEmulator, running_emulator  # noqa:
 from processor.eventlog.kafka import KafkaEventLog  # noqa: E402
 from processor.ingress.envelope import parse_envelope  # noqa: E402
 from processor.serving import free_port  # noqa: E402
+from processor.settings import Settings  # noqa: E402
 
 PARAMS = {
     "enable_mcp_access": False,
@@ -251,7 +252,8 @@ async def main(args: argparse.Namespace) -> None:
     emulator.start()
     try:
         base_url, api_key, items, items_b = await asyncio.get_running_loop().run_in_executor(None, parent_pipe.recv)
-        async with KafkaEventLog([bootstrap]) as log:
+        # PROCESSOR_KAFKA_* security settings apply to a secured --bootstrap cluster, as in the consumer it starts
+        async with KafkaEventLog([bootstrap], security=Settings.from_env().kafka_security) as log:
             await log.ensure_topics([f"{prefix}{t}" for t in c.ALL_TOPICS])
             handled = sum(
                 1

@@ -90,7 +90,8 @@ async def _ensure_topics(settings: Settings, event_log: EventLog) -> None:
         await event_log.ensure_topics([settings.topic(name) for name in c.ALL_TOPICS])
         return
     outcomes = await ensure_kafka_topics(
-        settings.kafka_bootstrap_servers, TOPICS, settings.topic_prefix, fit_cluster=True)
+        settings.kafka_bootstrap_servers, TOPICS, settings.topic_prefix, fit_cluster=True,
+        security=settings.kafka_security)
     for outcome in outcomes:
         for drift in outcome.drift:
             log.warning("topic %s differs from processor/topics.py: %s", outcome.name, drift)

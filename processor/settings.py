@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from processor import constants as c
 from processor.errors import ConfigError
+from processor.kafka_security import PLAINTEXT, KafkaSecurity
 
 
 class Secret:
@@ -82,6 +83,7 @@ class Settings:
     database_url: Secret | None = None
     data_dir: Path = Path("var")
     kafka_bootstrap_servers: tuple[str, ...] = ()
+    kafka_security: KafkaSecurity = PLAINTEXT
     topic_prefix: str = ""
     embedded_partitions: int = c.DEFAULT_EMBEDDED_PARTITIONS
     stripe_api_key: Secret | None = None
@@ -116,6 +118,7 @@ class Settings:
             kwargs["data_dir"] = Path(raw)
         if raw := get("PROCESSOR_KAFKA_BOOTSTRAP_SERVERS"):
             kwargs["kafka_bootstrap_servers"] = _parse_bootstrap("PROCESSOR_KAFKA_BOOTSTRAP_SERVERS", raw)
+        kwargs["kafka_security"] = KafkaSecurity.from_env(get)
         if raw := get("PROCESSOR_TOPIC_PREFIX"):
             if not all(ch.isalnum() or ch in "._-" for ch in raw):
                 raise ConfigError("PROCESSOR_TOPIC_PREFIX", "may only contain letters, digits, '.', '_', '-'")

@@ -6,14 +6,21 @@ reshuffles keys and changing configs is an operator's decision.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    for_code,
+)
 
+from processor.kafka_security import PLAINTEXT, KafkaSecurity
 from processor.topics import TopicSpec
 
 #: how long the controller may take to create the topics before the request fails
@@ -26,6 +33,8 @@ class TopicOutcome:
     name: str
     action: str  # "created" | "exists"
     drift: tuple[str, ...] = field(default=())
+    #: False when the client may not read the topic's configs (no DESCRIBE_CONFIGS): only the shape was compared
+    configs_checked: bool = True
 
 
 def compare(
@@ -56,6 +65,9 @@ def _raise_for_errors(topic_errors: Sequence[Sequence[Any]]) -> set[str]:
             existed.add(topic)
             continue
         message = entry[2] if len(entry) > 2 and entry[2] else error.__name__
+        if error in (TopicAuthorizationFailedError, ClusterAuthorizationFailedError):
+            message = (f"not allowed to create it ({message}): grant this client CREATE on the topic (a prefixed "
+                       f"ACL on the topic prefix will do), or have the topics created beforehand")
         raise error(f"creating topic {topic}: {message}")
     return existed
 
@@ -70,15 +82,22 @@ async def _describe(admin: AIOKafkaAdminClient, specs: Mapping[str, TopicSpec]) 
     return shapes
 
 
-async def _configs(admin: AIOKafkaAdminClient, specs: Mapping[str, TopicSpec]) -> dict[str, dict[str, str]]:
-    """The current values of the config keys our specs set, per topic."""
+async def _configs(admin: AIOKafkaAdminClient, specs: Mapping[str, TopicSpec]) -> dict[str, dict[str, str] | None]:
+    """The current values of the config keys our specs set, per topic; None where we may not read them.
+
+    Reading topic configs needs DESCRIBE_CONFIGS, which a least-privilege client using topics the platform team
+    made may lack: the processor must still start, so that check is reported as skipped, not failed.
+    """
     resources = [
         ConfigResource(ConfigResourceType.TOPIC, name, configs=dict.fromkeys(spec.config))
         for name, spec in specs.items()
     ]
-    found: dict[str, dict[str, str]] = {}
+    found: dict[str, dict[str, str] | None] = {}
     for response in await admin.describe_configs(resources):
         for error_code, error_message, _type, name, entries, *_ in response.resources:
+            if for_code(error_code) is TopicAuthorizationFailedError:
+                found[name] = None
+                continue
             if error_code:
                 raise for_code(error_code)(f"describing configs of {name}: {error_message}")
             found[name] = {entry[0]: entry[1] for entry in entries}
@@ -92,6 +111,7 @@ async def ensure_topics(
     *,
     request_timeout_ms: int = 15_000,
     fit_cluster: bool = False,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> list[TopicOutcome]:
     """Create the missing topics and report drift on existing ones; safe to run any number of times.
 
@@ -102,6 +122,7 @@ async def ensure_topics(
         bootstrap_servers=list(bootstrap_servers),
         client_id="processor-topics",
         request_timeout_ms=request_timeout_ms,
+        **security.client_options(),
     )
     try:
         await admin.start()
@@ -135,8 +156,11 @@ async def ensure_topics(
     outcomes = [TopicOutcome(name, "created") for name in missing]
     for name in sorted(existing):
         partitions, replicas = shapes.get(name, (0, 0))
-        outcomes.append(
-            TopicOutcome(name, "exists", compare(by_name[name], name, partitions, replicas, configs.get(name, {})))
-        )
+        config = configs.get(name, {})
+        spec = by_name[name]
+        if config is None:  # configs we may not read are unknown, not drift: compare the shape only
+            spec = dataclasses.replace(spec, config={})
+        drift = compare(spec, name, partitions, replicas, config or {})
+        outcomes.append(TopicOutcome(name, "exists", drift, configs_checked=config is not None))
     order = list(by_name)
     return sorted(outcomes, key=lambda o: order.index(o.name))

@@ -42,13 +42,16 @@ def _create(args: argparse.Namespace) -> int:
         )
         return EXIT_NOT_CONFIGURED
     try:
-        outcomes = asyncio.run(ensure_topics(bootstrap, _selected_specs(args), settings.topic_prefix))
+        outcomes = asyncio.run(ensure_topics(bootstrap, _selected_specs(args), settings.topic_prefix,
+                                             security=settings.kafka_security))
     except KafkaError as exc:
         print(f"processor topics create: Kafka at {','.join(bootstrap)} failed: {exc!r}", file=sys.stderr)
         return 1
     drifted = False
     for outcome in outcomes:
         print(f"{outcome.action:8} {outcome.name}")
+        if not outcome.configs_checked:
+            print("  configs not checked: this client may not describe the topic's configs (DESCRIBE_CONFIGS)")
         for line in outcome.drift:
             drifted = True
             print(f"  drift: {line}")

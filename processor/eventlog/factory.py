@@ -16,7 +16,7 @@ from processor.settings import Settings
 async def open_event_log(settings: Settings, database: Database | None = None) -> AsyncIterator[EventLog]:
     """A started event log; the embedded backend uses `database` (or opens its own, migrated)."""
     if not settings.embedded_log:
-        kafka = KafkaEventLog(settings.kafka_bootstrap_servers)
+        kafka = KafkaEventLog(settings.kafka_bootstrap_servers, security=settings.kafka_security)
         async with kafka:
             yield kafka
         return

@@ -28,6 +28,7 @@ from aiokafka.errors import (
 from processor.errors import CommitRejected, LogUnavailable
 from processor.eventlog.base import Headers, Published, Record, TopicPartition
 from processor.eventlog.kafka_batches import PartitionBatcher
+from processor.kafka_security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,9 @@ class KafkaEventLog:
 
     def __init__(self, bootstrap_servers: Sequence[str], *, client_id: str = "processor",
                  request_timeout_ms: int = 10_000, default_partitions: int = 4,
-                 replication_factor: int = 1, linger_ms: int = 0) -> None:
+                 replication_factor: int = 1, linger_ms: int = 0, security: KafkaSecurity = PLAINTEXT) -> None:
         self.bootstrap = ",".join(bootstrap_servers)
+        self.security = security
         self.client_id = client_id
         self.request_timeout_ms = request_timeout_ms
         self.default_partitions = default_partitions
@@ -69,6 +71,7 @@ class KafkaEventLog:
         # aiokafka's sender never has anything to send and its idempotence stays off
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, client_id=self.client_id, request_timeout_ms=self.request_timeout_ms,
+            **self.security.client_options(),
         )
         try:
             await producer.start()
@@ -165,7 +168,7 @@ class KafkaEventLog:
     async def ensure_topics(self, topics: Sequence[str], partitions: int | None = None,
                             configs: Mapping[str, Mapping[str, str]] | None = None) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-admin",
-                                    request_timeout_ms=self.request_timeout_ms)
+                                    request_timeout_ms=self.request_timeout_ms, **self.security.client_options())
         try:
             await admin.start()
             existing = set(await admin.list_topics())
@@ -203,7 +206,8 @@ class KafkaEventLog:
     async def _plain_consumer(self) -> AIOKafkaConsumer:
         """A started group-less consumer with fresh metadata, for inspection reads."""
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-reader",
-                                    enable_auto_commit=False, request_timeout_ms=self.request_timeout_ms)
+                                    enable_auto_commit=False, request_timeout_ms=self.request_timeout_ms,
+                                    **self.security.client_options())
         await consumer.start()
         # aiokafka cancels a background task on stop(); stopping before it ran once raises CancelledError
         await asyncio.sleep(0)
@@ -258,7 +262,7 @@ class KafkaLogConsumer:
             group_id=group, enable_auto_commit=False,
             auto_offset_reset="earliest" if from_beginning else "latest",
             session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=max(session_timeout_ms // 5, 500),
-            request_timeout_ms=log_.request_timeout_ms,
+            request_timeout_ms=log_.request_timeout_ms, **log_.security.client_options(),
         )
         self._started = False
 
