@@ -1,13 +1,13 @@
 """The operator API: replay, reconcile, DLQ and sandbox inspection over HTTP, behind a bearer token.
 
 `ops_routes(...)` returns Starlette routes under /v1/ops that the processor's app mounts. Every request must
-carry `Authorization: Bearer <token>` with one of PROCESSOR_API_TOKENS, compared in constant time; with no
-token configured every request is refused. Bodies and answers are JSON; errors are `{"error": code, ...}`.
+carry `Authorization: Bearer <token>` with one of PROCESSOR_API_TOKENS (the sandbox API's `BearerAuth`); with
+no token configured every request is refused. Bodies and answers are JSON; errors have the sandbox API's shape
+(`processor.api.responses.error`).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from processor.api.auth import BearerAuth, unauthorized
+from processor.api.responses import error, json_response
 from processor.database import Database
 from processor.errors import ProcessorError
 from processor.eventlog.base import EventLog
@@ -36,31 +38,17 @@ class BadRequest(Exception):
     """A request the operator must fix; the message goes back in the answer."""
 
 
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status, media_type="application/json")
-
-
-def _authorized(settings: Settings, request: Request) -> bool:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return False
-    matched = False
-    for allowed in settings.api_tokens:  # every token compared: timing reveals neither which nor how much
-        matched |= hmac.compare_digest(allowed.reveal().encode(), token.strip().encode())
-    return matched
-
-
-def _guard(settings: Settings, handler: Endpoint) -> Endpoint:
+def _guard(auth: BearerAuth, handler: Endpoint) -> Endpoint:
     async def endpoint(request: Request) -> Response:
-        if not _authorized(settings, request):
-            return Response(b'{"error":"unauthorized"}', 401, {"WWW-Authenticate": "Bearer"}, "application/json")
+        if auth.authenticate(request) is None:
+            return unauthorized()
         try:
             return await handler(request)
         except (BadRequest, ValueError) as exc:
-            return _json({"error": "bad_request", "message": str(exc)}, 400)
+            return error(400, "bad_request", str(exc))
         except ProcessorError as exc:
             status = 409 if exc.code == "replay_in_progress" else 503 if exc.retriable else 500
-            return _json({"error": exc.code, "message": str(exc)}, status)
+            return error(status, exc.code, str(exc))
 
     return endpoint
 
@@ -111,6 +99,7 @@ def _dlq_filter(data: dict[str, Any] | Any) -> dlq_ops.DlqFilter:
 
 def ops_routes(settings: Settings, log_: EventLog, db: Database, stripe: StripeApi | None) -> list[Route]:
     """The /v1/ops routes on an open log, database and (for replay from Stripe, reconcile) Stripe client."""
+    auth = BearerAuth(settings.api_tokens)  # the same check and 401 answer as the sandbox API
 
     async def post_replay(request: Request) -> Response:
         body = await _body(request)
@@ -141,7 +130,7 @@ def ops_routes(settings: Settings, log_: EventLog, db: Database, stripe: StripeA
             dry_run=_flag(body, "dry_run"),
             run_id=_text(body, "run_id"),
         )
-        return _json(report.as_dict())
+        return json_response(report.as_dict())
 
     async def post_reconcile(request: Request) -> Response:
         if stripe is None:
@@ -160,7 +149,7 @@ def ops_routes(settings: Settings, log_: EventLog, db: Database, stripe: StripeA
             limit=limit,
             cursor="http",
         )
-        return _json(report.as_dict())
+        return json_response(report.as_dict())
 
     async def get_dlq(request: Request) -> Response:
         query = request.query_params
@@ -172,13 +161,13 @@ def ops_routes(settings: Settings, log_: EventLog, db: Database, stripe: StripeA
             include_resolved=_flag(query, "include_resolved"),
             limit=_limit(query, 100),
         )
-        return _json({"data": [e.summary() for e in entries]})
+        return json_response({"data": [e.summary() for e in entries]})
 
     async def get_dlq_entry(request: Request) -> Response:
         entry = await dlq_ops.show_dlq(settings, log_, db, request.path_params["coordinate"])
         if entry is None:
-            return _json({"error": "not_found"}, 404)
-        return _json(entry.detail())
+            return error(404, "not_found", "No such dead-lettered record.")
+        return json_response(entry.detail())
 
     async def post_dlq_purge(request: Request) -> Response:
         body = await _body(request)
@@ -188,7 +177,7 @@ def ops_routes(settings: Settings, log_: EventLog, db: Database, stripe: StripeA
         if not isinstance(coordinates, list) or not all(isinstance(x, str) for x in coordinates):
             raise BadRequest("coordinates must be a list of partition:offset strings")
         result = await dlq_ops.purge_dlq(settings, log_, db, _dlq_filter(body), coordinates=coordinates)
-        return _json({"purged": result.purged, "deleted_from_log": result.deleted})
+        return json_response({"purged": result.purged, "deleted_from_log": result.deleted})
 
     async def get_sandboxes(request: Request) -> Response:
         query = request.query_params
@@ -200,16 +189,16 @@ def ops_routes(settings: Settings, log_: EventLog, db: Database, stripe: StripeA
             limit=_limit(query, 100),
             after=_text(query, "after") or "",
         )
-        return _json({"data": rows})
+        return json_response({"data": rows})
 
     async def get_sandbox(request: Request) -> Response:
         found = await show_sandbox(db, request.path_params["sandbox_id"])
         if found is None:
-            return _json({"error": "not_found"}, 404)
-        return _json(found)
+            return error(404, "not_found", "No such sandbox.")
+        return json_response(found)
 
     def route(path: str, handler: Endpoint, method: str) -> Route:
-        return Route(path, _guard(settings, handler), methods=[method])
+        return Route(path, _guard(auth, handler), methods=[method])
 
     return [
         route("/v1/ops/replay", post_replay, "POST"),
