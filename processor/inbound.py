@@ -69,8 +69,23 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+#: errors a value out of range raises while it is read (a date past year 9999, a timestamp beyond time_t, a
+#: header that is not UTF-8): the record can never be read, so it is poison like any other malformed event
+_UNREADABLE = (ValueError, OverflowError, OSError, TypeError)
+
+
 def parse(record: Record) -> Inbound:
     """Read one record; `MalformedEvent` if it is not a Stripe event we can act on."""
+    try:
+        return _parse(record)
+    except MalformedEvent:
+        raise
+    except _UNREADABLE as exc:
+        # retrying cannot help and an unexpected error would block the partition for good
+        raise MalformedEvent(f"the record cannot be read: {type(exc).__name__}: {exc}") from exc
+
+
+def _parse(record: Record) -> Inbound:
     try:
         body = orjson.loads(record.value)
     except orjson.JSONDecodeError:
@@ -96,6 +111,11 @@ def _thin(record: Record, body: dict[str, Any], event_id: str, event_type: str) 
         raise MalformedEvent(f"event {event_id} has no RFC 3339 `created`") from None
     if created.tzinfo is None:
         raise MalformedEvent(f"event {event_id} has a `created` without a time zone")
+    try:
+        # a date near year 1 or 9999 with an offset is in range only before it is converted to UTC
+        created = created.astimezone(UTC)
+    except OverflowError:
+        raise MalformedEvent(f"event {event_id} has a `created` out of range") from None
     context = _text(body.get("context"))
     if event_type in OBSERVATION_TYPES or event_type == EXPIRING:
         related = body.get("related_object")
@@ -103,15 +123,18 @@ def _thin(record: Record, body: dict[str, Any], event_id: str, event_type: str) 
         if sandbox_id is None:
             raise MalformedEvent(f"event {event_id} ({event_type}) names no claimable sandbox")
         action = Action.OBSERVE if event_type in OBSERVATION_TYPES else Action.NOTICE
-        return Inbound(record, event_id, event_type, action, sandbox_id, context, created.astimezone(UTC))
-    return Inbound(record, event_id, event_type, Action.IGNORE, None, context, created.astimezone(UTC))
+        return Inbound(record, event_id, event_type, action, sandbox_id, context, created)
+    return Inbound(record, event_id, event_type, Action.IGNORE, None, context, created)
 
 
 def _snapshot(record: Record, body: dict[str, Any], event_id: str, event_type: str) -> Inbound:
     created_raw = body.get("created")
     if not isinstance(created_raw, int) or isinstance(created_raw, bool) or created_raw < 0:
         raise MalformedEvent(f"event {event_id} has no unix `created`")
-    created = datetime.fromtimestamp(created_raw, UTC)
+    try:
+        created = datetime.fromtimestamp(created_raw, UTC)
+    except (ValueError, OverflowError, OSError):  # beyond year 9999 or the platform's time_t
+        raise MalformedEvent(f"event {event_id} has a unix `created` out of range") from None
     account = _text(body.get("account"))
     if event_type in ACCOUNT_TYPES:
         if account is None:
