@@ -66,14 +66,25 @@ class _Row:
         return stripe.get("sandbox_account"), stripe.get("owner_account")
 
 
+@dataclass(frozen=True, slots=True)
+class Repair:
+    """A change a repair pass made that webhooks should have made: `kind` is "state" or "flag"."""
+
+    sandbox_id: str | None
+    kind: str
+    detail: str
+
+
 @dataclass(slots=True)
 class BatchResult:
-    """What applying a batch did: outcome per event, transitions per target state, and the poison events."""
+    """What applying a batch did: outcome per event, transitions per target state, the poison events, and
+    (in a repair pass) the repairs made."""
 
     outcomes: Counter[str] = field(default_factory=Counter)
     transitions: Counter[str] = field(default_factory=Counter)
     poison: list[tuple[Inbound, PoisonEvent]] = field(default_factory=list)
     outbox_rows: int = 0
+    repairs: list[Repair] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -82,6 +93,8 @@ class _Writes:
     processed: list[tuple[str, str, str | None, str]] = field(default_factory=list)
     anomalies: list[tuple[str, str, str, str, str]] = field(default_factory=list)
     outbox: list[tuple[str, bytes, bytes, str, str]] = field(default_factory=list)
+    #: (event id, sandbox id) of account events kept unmatched that a sandbox now matches
+    matched_later: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _latest(events: Iterable[Inbound]) -> Inbound:
@@ -111,12 +124,20 @@ class Applier:
         return {row["event_id"] for row in rows}
 
     async def apply(
-        self, observations: Sequence[Observation], notices: Sequence[Inbound], account_events: Sequence[Inbound]
+        self,
+        observations: Sequence[Observation],
+        notices: Sequence[Inbound],
+        account_events: Sequence[Inbound],
+        *,
+        repair: str | None = None,
     ) -> BatchResult:
-        """Apply one batch in one transaction; DatabaseUnavailable (retriable) when PostgreSQL fails."""
+        """Apply one batch in one transaction; DatabaseUnavailable (retriable) when PostgreSQL fails.
+
+        `repair` names a repair pass (reconcile): every state it moves and every account event it applies is
+        also recorded as a `repair` history row with this label, and listed in the result."""
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                return await self._apply(conn, observations, notices, account_events)
+                return await self._apply(conn, observations, notices, account_events, repair)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             # any database failure is retried: the batch is either wholly applied or not at all
             raise DatabaseUnavailable(f"the lifecycle transaction failed: {exc}") from exc
@@ -127,6 +148,7 @@ class Applier:
         observations: Sequence[Observation],
         notices: Sequence[Inbound],
         account_events: Sequence[Inbound],
+        repair: str | None,
     ) -> BatchResult:
         result = BatchResult()
         writes = _Writes()
@@ -148,7 +170,7 @@ class Applier:
 
         known = {row.id: row.accounts for row in rows.values()}
         for observation in observations:
-            self._observe(observation, rows, writes, result)
+            self._observe(observation, rows, writes, result, repair)
         for notice in notices:
             writes.history.append(
                 (
@@ -182,22 +204,28 @@ class Applier:
                 if account is not None:
                     by_account[account].append(row)
         if learned:
-            # account events that came before we knew which sandbox they were about
+            # account events that came before we knew which sandbox they were about, applied to the sandboxes
+            # that learned their account now (one that knew it already had them applied back then)
             for kept in await conn.fetch(
                 "SELECT event_id, account, event_type, created_ms FROM account_events WHERE account = ANY($1)"
                 " ORDER BY created_ms, event_id",
                 learned,
             ):
+                learners = [
+                    r for r in by_account.get(kept["account"], []) if kept["account"] not in known.get(r.id, ())
+                ]
                 self._flag(
                     kept["event_id"],
                     kept["event_type"],
                     kept["account"],
                     int(kept["created_ms"]),
-                    by_account.get(kept["account"], []),
+                    learners,
                     writes,
+                    note="kept until the sandbox's account became known",
                 )
+                writes.matched_later.extend((kept["event_id"], r.id) for r in learners[:1])
         for event in sorted(account_events, key=lambda e: (e.created, e.record.offset)):
-            self._account(event, by_account.get(str(event.account), []), writes, result)
+            self._account(event, by_account.get(str(event.account), []), writes, result, repair)
         if account_events:
             await conn.execute(
                 "INSERT INTO account_events (event_id, account, event_type, created_ms)"
@@ -233,7 +261,9 @@ class Applier:
         result.outbox_rows = len(writes.outbox)
         return result
 
-    def _observe(self, obs: Observation, rows: dict[str, _Row], writes: _Writes, result: BatchResult) -> None:
+    def _observe(
+        self, obs: Observation, rows: dict[str, _Row], writes: _Writes, result: BatchResult, repair: str | None
+    ) -> None:
         row = rows.get(obs.sandbox_id)
         decision = decide(row.state if row else None, obs.observed)
         reporting = _latest(obs.events)
@@ -260,10 +290,13 @@ class Applier:
                 result.poison.append((event, Anomaly(f"sandbox {obs.sandbox_id}: {reason}")))
             return
         fields = stripe_fields(obs.fetched)
+        before = row.state if row else None
         if row is None:
             row = _Row(obs.sandbox_id, State.UNCLAIMED, 0, {FLAG_DEAUTHORIZED: False}, 0, None, 0, None)
             rows[obs.sandbox_id] = row
         if decision.outcome is Outcome.ADVANCE:
+            if repair is not None:
+                self._repaired(obs, before, repair, writes, result)
             for step in decision.steps:
                 row.sequence += 1
                 event_id = reporting.event_id if step.observed and reporting.from_stripe else None
@@ -323,23 +356,83 @@ class Applier:
             writes.processed.append((event.event_id, event.type, obs.sandbox_id, outcome))
             result.outcomes[outcome] += 1
 
-    def _account(self, event: Inbound, matched: list[_Row], writes: _Writes, result: BatchResult) -> None:
+    @staticmethod
+    def _repaired(obs: Observation, before: State | None, repair: str, writes: _Writes, result: BatchResult) -> None:
+        """Record that a repair pass, not a webhook, moved this sandbox: webhooks about it were lost."""
+        reporting = _latest(obs.events)
+        detail = (
+            f"{repair}: Stripe reports {obs.observed}, we had {before or 'no record'}"
+            " (the webhooks that would have moved it were lost)"
+        )
+        writes.history.append(
+            (
+                obs.sandbox_id,
+                "repair",
+                None if before is None else str(before),
+                str(obs.observed),
+                True,
+                None,
+                reporting.event_id,
+                reporting.type,
+                detail,
+                reporting.created,
+            )
+        )
+        result.repairs.append(Repair(obs.sandbox_id, "state", detail))
+
+    def _account(
+        self, event: Inbound, matched: list[_Row], writes: _Writes, result: BatchResult, repair: str | None
+    ) -> None:
         self._flag(event.event_id, event.type, str(event.account), event.created_ms, matched, writes)
+        if repair is not None:
+            detail = (
+                f"{repair}: applied {event.type} {event.event_id} of account {event.account} (its webhook was lost)"
+            )
+            for row in matched:
+                writes.history.append(
+                    (row.id, "repair", None, None, None, None, event.event_id, event.type, detail, event.created)
+                )
+            result.repairs.extend(Repair(row.id, "flag", detail) for row in matched)
+            if not matched:
+                result.repairs.append(Repair(None, "flag", f"{detail}; no sandbox has this account yet"))
         outcome = "flag" if matched else "unmatched"
         writes.processed.append((event.event_id, event.type, matched[0].id if matched else None, outcome))
         result.outcomes[outcome] += 1
 
     @staticmethod
     def _flag(
-        event_id: str, event_type: str, account: str, created_ms: int, matched: list[_Row], writes: _Writes
+        event_id: str,
+        event_type: str,
+        account: str,
+        created_ms: int,
+        matched: list[_Row],
+        writes: _Writes,
+        note: str | None = None,
     ) -> None:
-        """Set or clear the deauthorized flag of `matched` unless a newer account event already did."""
+        """Set or clear the deauthorized flag of `matched` unless a newer account event already did; either
+        way a `flag` history row names the event, so every flag and every ignored event can be explained."""
         value = event_type == DEAUTHORIZED
         created = datetime.fromtimestamp(created_ms / 1000, UTC)
+        suffix = f"; {note}" if note else ""
         for row in matched:
             # an older event delivered late must not undo a newer one; v1 `created` has whole seconds, and
             # within one second a deauthorization follows the authorization it ends, so it wins the tie
             if created_ms < row.flags_as_of_ms or (created_ms == row.flags_as_of_ms and not value):
+                writes.history.append(
+                    (
+                        row.id,
+                        "flag",
+                        None,
+                        None,
+                        None,
+                        None,
+                        event_id,
+                        event_type,
+                        f"ignored: older than the account event that set {FLAG_DEAUTHORIZED} last"
+                        f" (account {account}){suffix}",
+                        created,
+                    )
+                )
                 continue
             row.flags_as_of_ms = created_ms
             row.touched = True
@@ -357,7 +450,7 @@ class Applier:
                     None,
                     event_id,
                     event_type,
-                    f"{FLAG_DEAUTHORIZED}={str(value).lower()} (account {account})",
+                    f"{FLAG_DEAUTHORIZED}={str(value).lower()} (account {account}){suffix}",
                     created,
                 )
             )
@@ -401,6 +494,15 @@ class Applier:
             " ON CONFLICT (event_id) DO NOTHING",
             writes.processed,
         )
+        if writes.matched_later:
+            # the event now shows where it went: lookups by event id and by sandbox find it
+            await conn.execute(
+                "UPDATE processed_events p SET sandbox_id = u.sandbox_id, outcome = 'flag'"
+                " FROM unnest($1::text[], $2::text[]) AS u(event_id, sandbox_id)"
+                " WHERE p.event_id = u.event_id AND p.sandbox_id IS NULL",
+                [e for e, _ in writes.matched_later],
+                [sid for _, sid in writes.matched_later],
+            )
         await _insert_columns(
             conn,
             "INSERT INTO anomalies (sandbox_id, event_id, current_state, observed_state, reason)"

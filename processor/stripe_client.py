@@ -197,6 +197,10 @@ class StripeApi:
         """GET /v2/core/events (one page; follow `next_page_url` by passing it as `page_url`)."""
         return await self.request("get", page_url or "/v2/core/events", params=params, context=context)
 
+    async def list_v1_events(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """GET /v1/events (one page; the next starts after the last id while `has_more`)."""
+        return await self.request("get", "/v1/events", params=params)
+
     async def retrieve_event(self, event_id: str, *, context: str | None = None) -> dict[str, Any]:
         """GET /v2/core/events/{id}."""
         return await self.request("get", f"/v2/core/events/{quote(event_id, safe='')}", context=context)

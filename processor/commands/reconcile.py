@@ -24,7 +24,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="An interrupted run continues where it stopped when run again.",
     )
     parser.add_argument("--age", default="1h", help="only sandboxes not updated for this long (default 1h)")
-    parser.add_argument("--no-discover", action="store_true", help="skip the search for sandboxes we do not know")
+    parser.add_argument(
+        "--no-discover",
+        action="store_true",
+        help="skip the search of Stripe's events for sandboxes we do not know and for lost v1 account events",
+    )
     parser.add_argument("--limit", type=int, help="check at most this many sandboxes in this run")
     parser.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
     add_report_options(parser)
@@ -38,7 +42,8 @@ def render(report: ReconcileReport) -> str:
         f"reconcile {report.run_id}{' (resumed)' if report.resumed else ''}: checked {report.checked},"
         f" in sync {report.in_sync}, {verb} {repaired} ({report.transitions} transitions), stale {report.stale},"
         f" anomalies {report.anomalies}, unknown to Stripe {report.missing_at_stripe}, failed {report.failed},"
-        f" discovered {len(report.discovered)}"
+        f" discovered {len(report.discovered)}, lost account events {len(report.account_events)},"
+        f" repairs recorded {report.repairs}"
     )
 
 

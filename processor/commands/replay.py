@@ -28,7 +28,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--from-dlq", action="store_true", help="replay dead-lettered events")
     source.add_argument(
-        "--from-stripe", action="store_true", help="replay events listed by Stripe's Events API (last 30 days at most)"
+        "--from-stripe",
+        action="store_true",
+        help="replay events listed by Stripe's Events APIs, v2 sandbox events and v1 account.application.*"
+        " (last 30 days at most)",
     )
     source.add_argument("--offsets", metavar="P:START-END,...", help="offsets of stripe.events (END exclusive)")
     source.add_argument("--sandbox", metavar="ID", help="every stored event of one sandbox")

@@ -9,7 +9,7 @@ import hmac
 import json
 import re
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -190,6 +190,18 @@ def _timestamp_param(request: Request, name: str) -> datetime | None:
         raise errors.invalid(f"{name} must be an RFC 3339 timestamp", param=name) from None
 
 
+def _unix_param(request: Request, name: str) -> datetime | None:
+    """A v1 time filter: unix seconds. Compared against events' whole-second `created`, as Stripe does."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise errors.invalid(f"{name} must be a unix timestamp", param=name)
+    moment = datetime.fromtimestamp(int(raw), UTC)
+    # v1 `created` has whole seconds: an event at 12.7 s is `created` 12, so `lte 12` includes it
+    return moment + timedelta(seconds=1) - timedelta(microseconds=1) if name.endswith(("lte]", "gt]")) else moment
+
+
 def _limit(request: Request) -> int:
     raw = request.query_params.get("limit", str(DEFAULT_PAGE_SIZE))
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
@@ -246,7 +258,8 @@ async def retrieve_v1_event(request: Request, state: EmulatorState, call: Call) 
 
 
 async def list_v1_events(request: Request, state: EmulatorState, call: Call) -> tuple[int, dict[str, Any]]:
-    """GET /v1/events for the snapshot events (newest first, `limit`, `starting_after`, `type`)."""
+    """GET /v1/events for the snapshot events: newest first; `limit`, `starting_after`, `type`, `types[]`,
+    `created[gt|gte|lt|lte]` (unix seconds)."""
     limit = _limit(request)
     before = None
     if starting_after := request.query_params.get("starting_after"):
@@ -254,9 +267,17 @@ async def list_v1_events(request: Request, state: EmulatorState, call: Call) -> 
         if anchor is None:
             raise errors.not_found("event", starting_after)
         before = anchor.seq
-    event_type = request.query_params.get("type")
+    types = {v for k, v in request.query_params.multi_items() if k == "type" or k.startswith("types[")}
+    created = {op: _unix_param(request, f"created[{op}]") for op in ("gt", "gte", "lt", "lte")}
     page, more = state.store.list_events(
-        v2=False, before_seq=before, limit=limit, types=frozenset([event_type] if event_type else [])
+        v2=False,
+        before_seq=before,
+        limit=limit,
+        types=frozenset(types),
+        created_gt=created["gt"],
+        created_gte=created["gte"],
+        created_lt=created["lt"],
+        created_lte=created["lte"],
     )
     data = [e.to_api() for e in page]
     return 200, {"object": "list", "url": "/v1/events", "has_more": more, "data": data}

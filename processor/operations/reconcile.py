@@ -4,8 +4,12 @@ A pass visits, in id order, the sandboxes not in a final state whose row was not
 each from Stripe (rate-limited by the client's token bucket) and applies what it finds through the consumer's
 own `Applier` (one transaction per batch: state, history, processed event, outbox), so the walk through any
 skipped states is recorded and published exactly as if the webhooks had arrived. It then lists Stripe's
-sandbox events of the window to find sandboxes Stripe knows and we do not, and registers them the same way.
-A pass is resumable: its cursor (the last sandbox id done) is saved after every batch.
+sandbox events of the window to find sandboxes Stripe knows and we do not, and registers them the same way,
+and lists the v1 account events we handle (`GET /v1/events`) to apply the ones never processed. A pass is
+resumable: its cursor (the last sandbox id done) is saved after every batch.
+
+A repair means webhooks were lost, so it is never silent: each one is a `repair` row in the sandbox's history
+(in the same transaction as the change), a warning in the log, and a call of `on_repair` (a metric).
 """
 
 from __future__ import annotations
@@ -15,21 +19,24 @@ import contextlib
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
 from processor import constants as c
-from processor.applier import Applier, Observation
+from processor.applier import Applier, BatchResult, Observation, Repair
 from processor.database import Database
 from processor.errors import PoisonEvent, StripeError
 from processor.eventlog.base import Record
-from processor.inbound import SANDBOX_PREFIX, Action, Inbound
+from processor.inbound import SANDBOX_PREFIX, Action, Inbound, parse
 from processor.lifecycle import Outcome, State, decide, observed_state
 from processor.lifecycle.messages import rfc3339
 from processor.operations.progress import NoProgress, Progress
 from processor.operations.replay import STRIPE_RETENTION
+from processor.operations.stripe_events import v1_account_events
 from processor.settings import Settings
 from processor.stripe_client import StripeApi
 
@@ -65,6 +72,10 @@ class ReconcileReport:
     missing_at_stripe: int = 0
     failed: int = 0
     discovered: list[str] = field(default_factory=list)
+    #: v1 account events Stripe lists that were never processed, applied (or, dry, that would be)
+    account_events: list[str] = field(default_factory=list)
+    #: changes webhooks should have made: each is also a history row, a warning and a metric
+    repairs: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +91,8 @@ class ReconcileReport:
             "missing_at_stripe": self.missing_at_stripe,
             "failed": self.failed,
             "discovered": self.discovered,
+            "account_events": self.account_events,
+            "repairs": self.repairs,
         }
 
 
@@ -91,6 +104,34 @@ def _observation(sandbox_id: str, fetched: dict[str, Any], run_id: str) -> Obser
     record = Record("reconcile", 0, 0, sandbox_id.encode(), b"{}", (), int(now.timestamp() * 1000))
     event = Inbound(record, event_id, RECONCILE_EVENT_TYPE, Action.OBSERVE, sandbox_id, None, now, from_stripe=False)
     return Observation(sandbox_id, [event], fetched, observed_state(fetched))
+
+
+@dataclass(slots=True)
+class _Pass:
+    """One pass's tools and tallies, handed to each of its phases."""
+
+    db: Database
+    applier: Applier
+    stripe: StripeApi
+    report: ReconcileReport
+    on_repair: Callable[[Repair], None] | None
+
+    @property
+    def label(self) -> str:
+        return f"reconcile {self.report.run_id}"
+
+    def applied(self, result: BatchResult) -> None:
+        """Tally what one Applier transaction did; every repair becomes a warning and a metric."""
+        self.report.transitions += sum(result.transitions.values())
+        self.report.stale += result.outcomes.get("stale", 0)
+        self.report.anomalies += len(result.poison)
+        for _event, error in result.poison:
+            log.warning("reconcile: %s", error)
+        self.report.repairs += len(result.repairs)
+        for repair in result.repairs:
+            log.warning("reconcile repaired %s (%s): %s", repair.sandbox_id or "no sandbox", repair.kind, repair.detail)
+            if self.on_repair is not None:
+                self.on_repair(repair)
 
 
 async def reconcile(
@@ -105,8 +146,12 @@ async def reconcile(
     limit: int | None = None,
     cursor: str = "cli",
     progress: Progress | None = None,
+    on_repair: Callable[[Repair], None] | None = None,
 ) -> ReconcileReport:
-    """One reconcile pass (resuming the interrupted pass under `cursor`); see the module docstring."""
+    """One reconcile pass (resuming the interrupted pass under `cursor`); see the module docstring.
+
+    `discover` also searches Stripe's events of `discover_window` for sandboxes we do not know and for v1
+    account events older than `age` that were never processed."""
     progress = progress or NoProgress()
     applier = Applier(db.pool, settings.topic(c.TOPIC_TRANSITIONS), settings.topic(c.TOPIC_STATE))
     async with db.pool.acquire() as conn:
@@ -122,6 +167,7 @@ async def reconcile(
             last_id,
         )
     report = ReconcileReport(run_id, dry_run, resumed=saved is not None)
+    run = _Pass(db, applier, stripe, report, on_repair)
     progress.total(min(total, limit) if limit is not None else total)
     try:
         while limit is None or report.checked < limit:
@@ -137,7 +183,7 @@ async def reconcile(
             if not rows:
                 break
             current: dict[str, State | None] = {row["id"]: State(row["state"]) for row in rows}
-            await _repair(applier, stripe, current, run_id, report, dry_run)
+            await _repair(run, current)
             last_id = rows[-1]["id"]
             if not dry_run:
                 async with db.pool.acquire() as conn:
@@ -150,7 +196,9 @@ async def reconcile(
                     )
             progress.advance(len(rows))
         if discover and (limit is None or report.checked < limit):
-            await _discover(db, applier, stripe, run_id, report, dry_run, discover_window)
+            since = datetime.now(UTC) - min(discover_window, STRIPE_RETENTION)
+            await _discover(run, since)
+            await _recover_account_events(run, since, datetime.now(UTC) - age)
     finally:
         progress.close()
     if not dry_run and (limit is None or report.checked < limit):
@@ -181,21 +229,15 @@ async def _fetch_all(stripe: StripeApi, ids: Sequence[str], report: ReconcileRep
     return fetched
 
 
-async def _repair(
-    applier: Applier,
-    stripe: StripeApi,
-    current: dict[str, State | None],
-    run_id: str,
-    report: ReconcileReport,
-    dry_run: bool,
-) -> None:
+async def _repair(run: _Pass, current: dict[str, State | None]) -> None:
     """Fetch the sandboxes in `current` (None = unknown to us) and apply every one that is not in sync."""
+    report = run.report
     report.checked += len(current)
-    fetched = await _fetch_all(stripe, sorted(current), report)
+    fetched = await _fetch_all(run.stripe, sorted(current), report)
     observations = []
     for sandbox_id, sandbox in sorted(fetched.items()):
         try:
-            observation = _observation(sandbox_id, sandbox, run_id)
+            observation = _observation(sandbox_id, sandbox, report.run_id)
         except PoisonEvent as exc:  # a status this processor does not know: nothing safe to do
             report.failed += 1
             log.warning("reconcile: %s", exc)
@@ -208,39 +250,25 @@ async def _repair(
         decision = decide(current[observation.sandbox_id], observation.observed)
         if decision.outcome is Outcome.ADVANCE:
             report.repaired[str(observation.observed)] += 1
-            if dry_run:
+            if report.dry_run:
                 report.transitions += len(decision.steps)
-        elif dry_run and decision.outcome is Outcome.STALE:
+        elif report.dry_run and decision.outcome is Outcome.STALE:
             report.stale += 1
-        elif dry_run:
+        elif report.dry_run:
             report.anomalies += 1
-    if dry_run or not observations:
+    if report.dry_run or not observations:
         return
     # the Applier decides again under the sandbox's lock: a webhook applied meanwhile is taken into account
-    result = await applier.apply(observations, [], [])
-    report.transitions += sum(result.transitions.values())
-    report.stale += result.outcomes.get("stale", 0)
-    report.anomalies += len(result.poison)
-    for _event, error in result.poison:
-        log.warning("reconcile: %s", error)
+    run.applied(await run.applier.apply(observations, [], [], repair=run.label))
 
 
-async def _discover(
-    db: Database,
-    applier: Applier,
-    stripe: StripeApi,
-    run_id: str,
-    report: ReconcileReport,
-    dry_run: bool,
-    window: timedelta,
-) -> None:
+async def _discover(run: _Pass, since: datetime) -> None:
     """Register sandboxes that Stripe's sandbox events name but our database does not know."""
-    since = datetime.now(UTC) - min(window, STRIPE_RETENTION)
     named: set[str] = set()
     params: dict[str, Any] | None = {"limit": 100, "created[gte]": rfc3339(since)}
     page_url: str | None = None
     while True:
-        page = await stripe.list_events(params, page_url=page_url)
+        page = await run.stripe.list_events(params, page_url=page_url)
         for event in page.get("data") or []:
             related = event.get("related_object") if isinstance(event, dict) else None
             if (
@@ -253,14 +281,35 @@ async def _discover(
         if not page_url or not page.get("data"):
             break
         params = None
-    async with db.pool.acquire() as conn:
+    async with run.db.pool.acquire() as conn:
         known = {
             r["id"] for r in await conn.fetch("SELECT id FROM sandboxes WHERE id = ANY($1::text[])", sorted(named))
         }
     unknown = sorted(named - known)
-    report.discovered = unknown
+    run.report.discovered = unknown
     for start in range(0, len(unknown), BATCH):
-        await _repair(applier, stripe, dict.fromkeys(unknown[start : start + BATCH]), run_id, report, dry_run)
+        await _repair(run, dict.fromkeys(unknown[start : start + BATCH]))
+
+
+async def _recover_account_events(run: _Pass, since: datetime, until: datetime) -> None:
+    """Apply the v1 account events Stripe lists in [since, until] that were never processed (their webhook
+    was lost), exactly as the consumer would have: a dropped deauthorization still sets the flag."""
+    events: list[Inbound] = []
+    async for payload in v1_account_events(run.stripe, since, until):
+        body = orjson.dumps(payload)
+        record = Record("reconcile", 0, 0, None, body, (), int(datetime.now(UTC).timestamp() * 1000))
+        try:
+            events.append(parse(record))
+        except PoisonEvent as exc:
+            run.report.failed += 1
+            log.warning("reconcile: skipping an account event Stripe lists: %s", exc)
+    for start in range(0, len(events), BATCH):
+        chunk = events[start : start + BATCH]
+        done = await run.applier.already_processed([e.event_id for e in chunk])
+        missed = [e for e in chunk if e.event_id not in done]
+        run.report.account_events.extend(e.event_id for e in missed)
+        if missed and not run.report.dry_run:
+            run.applied(await run.applier.apply([], [], missed, repair=run.label))
 
 
 async def run_reconciler(

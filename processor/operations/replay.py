@@ -1,7 +1,8 @@
 """Re-feed events into stripe.events for the consumer to process again; its idempotency makes this safe.
 
 Sources: the DLQ (optionally filtered), a time window or explicit offsets of the input topic, every stored
-event of one sandbox, or Stripe's Events API (deliveries Stripe never got through). Events already applied
+event of one sandbox, or Stripe's Events APIs (deliveries Stripe never got through: v2 events and the v1
+account events we handle). Events already applied
 (in `processed_events`) are skipped and counted. Every re-published record carries `replay.run-id` and
 `replay.of` (what it copies); a run is resumable: a re-run with the same run id first reads the input topic
 from where the run began and skips whatever the run already re-published, so an interrupted run finishes
@@ -29,6 +30,7 @@ from processor.ingress.envelope import EnvelopeError, parse_envelope
 from processor.lifecycle.messages import rfc3339
 from processor.operations import dlq as dlq_ops
 from processor.operations.progress import NoProgress, Progress
+from processor.operations.stripe_events import v1_account_events, v2_events
 from processor.operations.timespec import parse_moment
 from processor.settings import Settings
 from processor.stripe_client import StripeApi
@@ -203,8 +205,9 @@ def notification(event: dict[str, Any]) -> bytes:
 
 
 def stripe_candidate(event: dict[str, Any], run_id: str) -> _Candidate:
-    """A v2 event from the Events API as the ingress would have published it (same key rule and headers)."""
-    body = notification(event)
+    """An event from an Events API as the ingress would have published it (same key rule and headers): a v2
+    event as its thin notification, a v1 event as the snapshot a webhook carries (the listed object itself)."""
+    body = notification(event) if event.get("object") == "v2.core.event" else orjson.dumps(event)
     envelope = parse_envelope(body)
     identity = f"stripe:{envelope.id}"
     headers = (
@@ -433,31 +436,17 @@ async def _source(
                 yield candidate
     elif request.source == "stripe":
         assert stripe is not None and run.since is not None
-        async for event in _stripe_events(stripe, run.since, run.until or datetime.now(UTC)):
-            try:
-                yield stripe_candidate(event, run_id)
-            except EnvelopeError as exc:
-                log.warning("skipping event from Stripe that is not an event: %s", exc)
+        until = run.until or datetime.now(UTC)
+        # the v2 sandbox events, then the v1 account events: the consumer orders account events by `created`
+        for events in (v2_events(stripe, run.since, until), v1_account_events(stripe, run.since, until)):
+            async for event in events:
+                try:
+                    yield stripe_candidate(event, run_id)
+                except EnvelopeError as exc:
+                    log.warning("skipping event from Stripe that is not an event: %s", exc)
     else:
         async for record in _input_records(log_, db, request, run, progress):
             yield _copy(record, f"events:{record.partition}:{record.offset}", run_id)
-
-
-async def _stripe_events(stripe: StripeApi, since: datetime, until: datetime) -> AsyncIterator[dict[str, Any]]:
-    """v2 events created in [since, until], page by page (each call rate-limited by the client)."""
-    params: dict[str, Any] | None = {"limit": 100, "created[gte]": rfc3339(since), "created[lte]": rfc3339(until)}
-    page_url: str | None = None
-    while True:
-        page = await stripe.list_events(params, page_url=page_url)
-        data = page.get("data") or []
-        # pages come newest first; within a page, oldest first keeps a sandbox's events in their order
-        for event in reversed(data):
-            if isinstance(event, dict) and event.get("object") == "v2.core.event":
-                yield event
-        page_url = page.get("next_page_url")
-        if not page_url or not data:
-            return
-        params = None  # the next page URL carries the filters
 
 
 async def _input_records(
