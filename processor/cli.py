@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "processor.commands.replay",
     "processor.commands.reconcile",
     "processor.commands.dlq",
+    "processor.commands.status",
 )
 
 

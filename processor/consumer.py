@@ -61,8 +61,8 @@ class ConsumerOptions:
     #: backoff of a paused partition after a retriable failure: base * 2**(n-1) with jitter, capped
     retry_base_s: float = 0.5
     retry_max_s: float = 30.0
-    #: how often the lag gauge is refreshed
-    lag_interval_s: float = 15.0
+    #: how often the lag gauge is refreshed: an operator watching a backlog drain sees it within seconds
+    lag_interval_s: float = 3.0
 
 
 @dataclass(slots=True)

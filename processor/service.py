@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.routing import BaseRoute
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from processor import constants as c
 from processor import localsecrets
@@ -32,6 +34,7 @@ from processor.stripe_client import StripeApi
 from processor.topicadmin import ensure_topics as ensure_kafka_topics
 from processor.topics import TOPICS
 from processor.worker import WorkerOptions, run_worker
+from processor.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +100,21 @@ async def _ensure_topics(settings: Settings, event_log: EventLog) -> None:
             log.warning("topic %s differs from processor/topics.py: %s", outcome.name, drift)
 
 
-def build_http_app(settings: Settings, event_log: EventLog, db: Database, stripe_api: StripeApi) -> Starlette:
-    """One app serving the webhook ingress, the sandbox API and the operator API."""
-    routes: list[BaseRoute] = list(build_ingress_app(settings, event_log).routes)
+def build_http_app(settings: Settings, event_log: EventLog, db: Database, stripe_api: StripeApi,
+                   worker_metrics: WorkerMetrics | None = None) -> Starlette:
+    """One app serving the webhook ingress, the sandbox API and the operator API; /metrics shows the ingress's
+    metrics and, given `worker_metrics`, the consumer's and relay's (lag, outbox) too."""
+    ingress_app = build_ingress_app(settings, event_log)
+    routes: list[BaseRoute] = list(ingress_app.routes)
+    if worker_metrics is not None:
+        ingress_metrics = ingress_app.state.ingress.metrics
+
+        async def metrics(request: Request) -> Response:
+            body = ingress_metrics.exposition() + worker_metrics.exposition()
+            return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+        routes = [r for r in routes if getattr(r, "path", None) != "/metrics"]
+        routes.append(Route("/metrics", metrics, methods=["GET"]))
     routes += build_api_routes(settings, db, stripe_api)
     routes += ops_routes(settings, event_log, db, stripe_api)
     return Starlette(routes=routes)
@@ -129,13 +144,15 @@ async def run_service(settings: Settings, stop: asyncio.Event, *, emulator_port:
         await _ensure_topics(settings, event_log)
         stripe_api = await stack.enter_async_context(StripeApi(settings))
 
+        worker_metrics = WorkerMetrics()
         server = uvicorn.Server(uvicorn.Config(
-            build_http_app(settings, event_log, db, stripe_api), host=settings.host, port=settings.port,
+            build_http_app(settings, event_log, db, stripe_api, worker_metrics), host=settings.host,
+            port=settings.port,
             log_level="warning", lifespan="on", timeout_graceful_shutdown=10,
         ))
         worker_stop = asyncio.Event()
         worker = asyncio.create_task(
-            run_worker(settings, event_log, db, worker_stop, WorkerOptions()), name="worker")
+            run_worker(settings, event_log, db, worker_stop, WorkerOptions(), worker_metrics), name="worker")
         reconciler: asyncio.Task[None] | None = None
         if reconcile_interval_s > 0:
             reconciler = asyncio.create_task(

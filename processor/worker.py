@@ -18,6 +18,7 @@ from processor.database import Database
 from processor.eventlog import open_event_log
 from processor.eventlog.base import EventLog
 from processor.health import HealthServer
+from processor.operations.status import refresh_gauges
 from processor.relay import DEFAULT_BATCH, OutboxRelay
 from processor.settings import Settings
 from processor.stripe_client import StripeApi
@@ -71,6 +72,8 @@ async def run_worker(
             health = HealthServer(alive, log_.healthy, metrics.exposition)
             await stack.enter_async_context(health.serving(options.health_host, options.health_port))
             log.info("worker health on http://%s:%d/healthz", options.health_host, health.port)
+        gauges_stop = asyncio.Event()
+        gauges = asyncio.create_task(refresh_gauges(settings, log_, db, metrics, gauges_stop), name="status-gauges")
         try:
             consumer_tasks = tasks[:1] if options.consume else []
             stop_waiter = asyncio.create_task(stop.wait())
@@ -82,7 +85,8 @@ async def run_worker(
         finally:
             relay_stop.set()
             stop.set()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
+            gauges_stop.set()
+            results = await asyncio.gather(*tasks, gauges, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result

@@ -63,6 +63,14 @@ class WorkerMetrics:
             registry=self.registry,
         )
 
+        self.group_lag = Gauge(
+            "processor_consumer_group_lag",
+            "Records of stripe.events past the lifecycle group's committed offset, per partition (the whole"
+            " group, as `processor status` reports it).",
+            ["partition"],
+            registry=self.registry,
+        )
+
     def observe_stripe(self, status: str) -> None:
         self.stripe_requests.labels(status=status).inc()
 

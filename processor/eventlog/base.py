@@ -125,6 +125,11 @@ class EventLog(Protocol):
         """The offset the next record of each partition of `topic` will get."""
         ...
 
+    async def group_offsets(self, group: str, topic: str) -> dict[TopicPartition, int]:
+        """What consumer group `group` has committed on each partition of `topic`, read from outside the group
+        (partitions it never committed are left out)."""
+        ...
+
     async def read(self, tp: TopicPartition, start: int, end: int) -> list[Record]:
         """Records of one partition with start <= offset < end, outside any group (inspection, replay)."""
         ...

@@ -222,6 +222,20 @@ class KafkaEventLog:
             await consumer.stop()
         return {TopicPartition(tp.topic, tp.partition): int(offset) for tp, offset in ends.items()}
 
+    async def group_offsets(self, group: str, topic: str) -> dict[TopicPartition, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-admin",
+                                    request_timeout_ms=self.request_timeout_ms)
+        try:
+            await admin.start()
+            found = await admin.list_consumer_group_offsets(group)
+        except KafkaError as exc:
+            raise LogUnavailable(f"cannot read the offsets of group {group} on {self.bootstrap}: {exc}") from exc
+        finally:
+            await admin.close()
+        # the broker answers -1 for a partition the group has no offset for
+        return {TopicPartition(tp.topic, tp.partition): int(meta.offset)
+                for tp, meta in found.items() if tp.topic == topic and meta.offset >= 0}
+
     async def read(self, tp: TopicPartition, start: int, end: int) -> list[Record]:
         consumer = await self._plain_consumer()
         records: list[Record] = []

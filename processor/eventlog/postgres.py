@@ -132,6 +132,12 @@ class PostgresEventLog:
             rows = await conn.fetch("SELECT partition, next_offset FROM log_partitions WHERE topic = $1", topic)
         return {TopicPartition(topic, r["partition"]): int(r["next_offset"]) for r in rows}
 
+    async def group_offsets(self, group: str, topic: str) -> dict[TopicPartition, int]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT partition, committed FROM log_group_offsets WHERE group_id = $1 AND topic = $2", group, topic)
+        return {TopicPartition(topic, r["partition"]): int(r["committed"]) for r in rows}
+
     # --- producing -------------------------------------------------------------------------------------
     async def publish(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> Published:
         if self._writer is None:

@@ -26,6 +26,7 @@ from processor.operations import dlq as dlq_ops
 from processor.operations.inspect import list_sandboxes, show_sandbox
 from processor.operations.reconcile import DEFAULT_AGE, reconcile
 from processor.operations.replay import SOURCES, ReplayRequest, parse_offsets, replay
+from processor.operations.status import read_status
 from processor.operations.timespec import parse_duration
 from processor.settings import Settings
 from processor.stripe_client import StripeApi
@@ -197,6 +198,9 @@ def ops_routes(settings: Settings, log_: EventLog, db: Database, stripe: StripeA
             return error(404, "not_found", "No such sandbox.")
         return json_response(found)
 
+    async def get_status(request: Request) -> Response:
+        return _json((await read_status(settings, log_, db)).as_dict())
+
     def route(path: str, handler: Endpoint, method: str) -> Route:
         return Route(path, _guard(auth, handler), methods=[method])
 
@@ -208,4 +212,5 @@ def ops_routes(settings: Settings, log_: EventLog, db: Database, stripe: StripeA
         route("/v1/ops/dlq/{coordinate}", get_dlq_entry, "GET"),
         route("/v1/ops/sandboxes", get_sandboxes, "GET"),
         route("/v1/ops/sandboxes/{sandbox_id}", get_sandbox, "GET"),
+        route("/v1/ops/status", get_status, "GET"),
     ]

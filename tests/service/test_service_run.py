@@ -148,3 +148,44 @@ async def test_run_on_kafka_creates_topics_from_the_spec_and_publishes(
         assert entries["cleanup.policy"] == "compact"
     finally:
         await stop_run(proc)
+
+
+async def test_run_reports_caught_up_through_status_cli_http_and_metrics(tmp_path: Path) -> None:
+    """After a sandbox is created on `processor run`, `processor status --data-dir` waits until it is applied and
+    published (exit 0) without disturbing the running server; GET /v1/ops/status (bearer only) and /metrics
+    say the same."""
+    data_dir = tmp_path / "var"
+    port = free_port()
+    proc = await start_run(data_dir, port)
+    try:
+        token = json.loads((data_dir / "secrets.json").read_text())["api_token"]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
+                                     headers={"Authorization": f"Bearer {token}"}, timeout=30) as api:
+            created = await api.post("/v1/sandboxes", headers={"Idempotency-Key": "status-1"},
+                                     json={"email": "s@example.com", "country": "US"})
+            assert created.status_code == 201, created.text
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("PROCESSOR_", "STRIPE_"))}
+            status = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "processor", "status", "--data-dir", str(data_dir), "--wait-caught-up",
+                "--timeout", "60", "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+            out, err = await asyncio.wait_for(status.communicate(), 120)
+            assert status.returncode == 0, err.decode()
+            report = json.loads(out)
+            assert report["caught_up"] and report["backend"] == "postgres" and report["partitions"]
+            assert sum(p["end"] for p in report["partitions"]) >= 1  # the sandbox's `.created` webhook
+
+            assert (await api.get(f"/v1/sandboxes/{created.json()['id']}")).status_code == 200  # server still up
+            assert (await api.get("/v1/ops/status", headers={"Authorization": "Bearer wrong"})).status_code == 401
+            answer = await api.get("/v1/ops/status")
+            assert answer.status_code == 200 and answer.json()["caught_up"] is True
+            assert answer.json()["partitions"] == report["partitions"]
+            metrics = ""
+            for _ in range(100):  # the gauges refresh every few seconds
+                metrics = (await api.get("/metrics")).text
+                if 'processor_consumer_group_lag{partition="0"} 0.0' in metrics:
+                    break
+                await asyncio.sleep(0.2)
+            assert 'processor_consumer_group_lag{partition="0"} 0.0' in metrics
+            assert "processor_outbox_pending 0.0" in metrics and "processor_ingress_" in metrics
+    finally:
+        await stop_run(proc)
