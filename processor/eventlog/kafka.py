@@ -224,7 +224,7 @@ class KafkaEventLog:
 
     async def group_offsets(self, group: str, topic: str) -> dict[TopicPartition, int]:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-admin",
-                                    request_timeout_ms=self.request_timeout_ms)
+                                    request_timeout_ms=self.request_timeout_ms, **self.security.client_options())
         try:
             await admin.start()
             found = await admin.list_consumer_group_offsets(group)

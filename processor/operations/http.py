@@ -199,7 +199,7 @@ def ops_routes(settings: Settings, log_: EventLog, db: Database, stripe: StripeA
         return json_response(found)
 
     async def get_status(request: Request) -> Response:
-        return _json((await read_status(settings, log_, db)).as_dict())
+        return json_response((await read_status(settings, log_, db)).as_dict())
 
     def route(path: str, handler: Endpoint, method: str) -> Route:
         return Route(path, _guard(auth, handler), methods=[method])
