@@ -25,6 +25,7 @@ import orjson
 
 from processor import constants as c
 from processor.database import Database, stop_embedded_server
+from processor.emulator.config import CONTROL_TOKEN_HEADER
 from processor.eventlog.postgres import PostgresEventLog
 from processor.lifecycle import State, observed_state
 from processor.service import ServiceInfo, run_service
@@ -170,7 +171,8 @@ async def run_demo(sandboxes: int = 40, out: TextIO = sys.stdout, data_dir: Path
         token = info.settings.api_tokens[0].reveal()
         async with httpx.AsyncClient(base_url=info.base_url, timeout=30,
                                      headers={"Authorization": f"Bearer {token}"}) as api, \
-                httpx.AsyncClient(base_url=info.emulator_url or "", timeout=30) as control:
+                httpx.AsyncClient(base_url=info.emulator_url or "", timeout=30,
+                                  headers={CONTROL_TOKEN_HEADER: info.emulator_token or ""}) as control:
             # what Stripe does in real life: deliver some events twice and not in order
             (await control.post("/_emulator/config", json={"duplicate_rate": 0.2, "reorder_window_s": 0.5})
              ).raise_for_status()

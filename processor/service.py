@@ -51,6 +51,7 @@ class ServiceInfo:
     secrets_file: str
     settings: Settings = dataclasses.field(repr=False)
     emulator_url: str | None = None
+    emulator_token: str | None = dataclasses.field(default=None, repr=False)
 
     def banner(self) -> str:
         return "\n".join([
@@ -60,30 +61,43 @@ class ServiceInfo:
             f"  Stripe    : {self.stripe}",
             f"  webhook URL to give Stripe: {self.webhook_url}",
             f"  API token and signing key: {self.secrets_file} (mode 0600)",
+            *([f"  emulator control token: {self.emulator_token} (X-Emulator-Token header; "
+               "also `emulator_token` in the secrets file)"] if self.emulator_token else []),
             "  press Ctrl-C to stop",
         ])
 
 
+@dataclass(frozen=True, slots=True)
+class _Backend:
+    settings: Settings
+    emulator_url: str | None = None
+    emulator_token: str | None = dataclasses.field(default=None, repr=False)
+
+
 @contextlib.asynccontextmanager
-async def _stripe_backend(settings: Settings, webhook_secret: Secret,
-                          emulator_port: int) -> AsyncIterator[tuple[Settings, str | None]]:
+async def _stripe_backend(settings: Settings, local: localsecrets.LocalSecrets,
+                          emulator_port: int) -> AsyncIterator[_Backend]:
     """Real Stripe when STRIPE_API_KEY is set; otherwise the bundled emulator, wired to our webhook URL."""
     if settings.stripe_api_key is not None:
         if not settings.stripe_webhook_secrets:
             from processor.errors import ConfigError
 
             raise ConfigError("STRIPE_WEBHOOK_SECRETS", "required when STRIPE_API_KEY is set")
-        yield settings, None
+        yield _Backend(settings)
         return
     from processor.emulator.config import EmulatorConfig
     from processor.emulator.runner import running_emulator
 
+    # one source for the pair: the emulator signs with the secret the ingress verifies with (the configured
+    # one when STRIPE_WEBHOOK_SECRETS is set, else the generated one)
+    webhook_secrets = settings.stripe_webhook_secrets or (local.webhook_secret,)
     async with running_emulator(EmulatorConfig(port=emulator_port)) as emulator:
-        emulator.add_webhook_endpoint(f"{settings.public_url}/webhooks/stripe", webhook_secret.reveal())
-        yield dataclasses.replace(
+        emulator.add_webhook_endpoint(f"{settings.public_url}/webhooks/stripe", webhook_secrets[0].reveal())
+        localsecrets.record(local.path, "emulator_token", emulator.control_token)
+        yield _Backend(dataclasses.replace(
             settings, stripe_api_key=Secret(emulator.api_key), stripe_api_base=emulator.base_url,
-            stripe_webhook_secrets=settings.stripe_webhook_secrets or (webhook_secret,),
-        ), emulator.base_url
+            stripe_webhook_secrets=webhook_secrets,
+        ), emulator.base_url, emulator.control_token)
 
 
 async def _ensure_topics(settings: Settings, event_log: EventLog) -> None:
@@ -135,8 +149,8 @@ async def run_service(settings: Settings, stop: asyncio.Event, *, emulator_port:
         api_tokens=settings.api_tokens or (local.api_token,),
     )
     async with contextlib.AsyncExitStack() as stack:
-        settings, emulator_url = await stack.enter_async_context(
-            _stripe_backend(settings, local.webhook_secret, emulator_port))
+        backend = await stack.enter_async_context(_stripe_backend(settings, local, emulator_port))
+        settings, emulator_url = backend.settings, backend.emulator_url
         db = Database(settings)
         await db.start(upgrade=True)
         stack.push_async_callback(db.stop)
@@ -172,6 +186,7 @@ async def run_service(settings: Settings, stop: asyncio.Event, *, emulator_port:
                           else "PostgreSQL from PROCESSOR_DATABASE_URL"),
                 stripe=f"bundled emulator at {emulator_url}" if emulator_url else settings.stripe_api_base,
                 secrets_file=str(local.path), settings=settings, emulator_url=emulator_url,
+                emulator_token=backend.emulator_token,
             ))
         stop_waiter = asyncio.create_task(stop.wait())
         await asyncio.wait([stop_waiter, web, worker], return_when=asyncio.FIRST_COMPLETED)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from processor.emulator.config import DEFAULT_API_KEY, EmulatorConfig, EndpointSpec, Knobs
+from processor.emulator.config import CONTROL_TOKEN_HEADER, EmulatorConfig, EndpointSpec, Knobs, random_api_key
 from processor.errors import ConfigError
 
 DEFAULT_PORT = 12111
@@ -17,14 +17,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run the offline Stripe emulator (claimable sandboxes + signed webhooks)",
         description="Stateful stand-in for Stripe's claimable-sandbox API. Point STRIPE_API_BASE at it.",
     )
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback unless --allow-remote)")
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --host beyond loopback (containers): anyone who reaches the port can use the API",
+    )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        dest="allowed_hosts",
+        metavar="NAME",
+        help="a host name clients use besides localhost and --public-url's (Host header check); repeatable",
+    )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument(
         "--api-key",
         action="append",
         dest="api_keys",
         metavar="KEY",
-        help=f"accepted bearer key (sk_test_...); repeatable; default $EMULATOR_API_KEY or {DEFAULT_API_KEY}",
+        help="accepted bearer key (sk_test_...); repeatable; default $EMULATOR_API_KEY or a random key (printed)",
     )
     parser.add_argument("--webhook-url", action="append", default=[], metavar="URL", help="repeatable")
     parser.add_argument(
@@ -57,7 +70,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         raise ConfigError(
             "--webhook-secret", "give one secret per --webhook-url (or set EMULATOR_WEBHOOK_SECRET)"
         )
-    api_keys = tuple(args.api_keys or [env.get("EMULATOR_API_KEY") or DEFAULT_API_KEY])
+    api_keys = tuple(args.api_keys or [env.get("EMULATOR_API_KEY") or random_api_key()])
     try:
         knobs = Knobs().updated(
             {
@@ -78,6 +91,8 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
             endpoints=tuple(EndpointSpec(u, s) for u, s in zip(args.webhook_url, secrets, strict=True)),
             knobs=knobs,
             seed=args.seed,
+            allow_remote=args.allow_remote,
+            allowed_hosts=tuple(args.allowed_hosts),
         )
     except ValueError as exc:
         raise ConfigError("emulator", str(exc)) from exc
@@ -89,5 +104,9 @@ def run(args: argparse.Namespace) -> int:
     from processor.emulator.app import build_app
 
     config = config_from_args(args)
+    # printed (not logged) so the user can copy them; the random defaults change with every run
+    print(f"emulator API key: {config.api_keys[0]}", flush=True)
+    print(f"emulator control token: {config.control_token} (send it as {CONTROL_TOKEN_HEADER} on /_emulator/*)",
+          flush=True)
     uvicorn.run(build_app(config), host=config.host, port=config.port, log_level="info")
     return 0

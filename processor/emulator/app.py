@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from processor.emulator import api, control, errors, ids
+from processor.emulator import api, control, errors, guard, ids
 from processor.emulator.config import EmulatorConfig
 from processor.emulator.state import EmulatorState
 
@@ -47,6 +47,7 @@ def build_app(config: EmulatorConfig | EmulatorState | None = None) -> Starlette
     app = Starlette(
         routes=[*api.routes(), *control.routes()],
         exception_handlers={HTTPException: _http_error},
+        middleware=guard.middleware(state.config),
         lifespan=lifespan,
     )
     app.state.emulator = state

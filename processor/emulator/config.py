@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
+
+from processor.emulator import ids
 
 #: first preview API version that has claimable sandboxes; later previews (the SDK sends its own) are accepted
 MIN_PREVIEW_VERSION = "2026-04-22"
@@ -13,8 +16,29 @@ LINK_LIFETIME_DAYS = 7
 SANDBOX_LIFETIME_DAYS = 60
 #: idempotency keys are remembered for 24 hours, as on Stripe
 IDEMPOTENCY_WINDOW_HOURS = 24
-#: the API key the emulator accepts when none is configured; obviously fake, never a real key
-DEFAULT_API_KEY = "sk_test_emulator_0000000000000000"
+#: header that carries the per-run control token on /_emulator/* requests
+CONTROL_TOKEN_HEADER = "X-Emulator-Token"  # noqa: S105 - a header name, not a secret
+#: host names that always reach a loopback-bound emulator
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def random_api_key() -> str:
+    """A fresh test key for one run: a fixed, well-known key would let any local page call the API."""
+    return f"sk_test_emulator_{ids.random_token(32)}"
+
+
+def random_control_token() -> str:
+    return f"emutok_{ids.random_token(40)}"
+
+
+def is_loopback(host: str) -> bool:
+    """True for a host name or address that only this machine can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(slots=True)
@@ -108,8 +132,14 @@ class EmulatorConfig:
     host: str = "127.0.0.1"
     #: 0 = pick a free port (the in-process runner reports the one it got)
     port: int = 0
-    #: bearer keys the API accepts; each must look like a test secret key (`sk_test_...`)
-    api_keys: tuple[str, ...] = field(default=(DEFAULT_API_KEY,), repr=False)
+    #: bearer keys the API accepts; each must look like a test secret key (`sk_test_...`); random by default
+    api_keys: tuple[str, ...] = field(default_factory=lambda: (random_api_key(),), repr=False)
+    #: required in the X-Emulator-Token header on /_emulator/* control requests; random per run by default
+    control_token: str = field(default_factory=random_control_token, repr=False)
+    #: binding beyond loopback exposes the control endpoints to the network, so it must be asked for
+    allow_remote: bool = False
+    #: host names (Host header) the emulator answers to besides loopback, the bind host and the public URL's
+    allowed_hosts: tuple[str, ...] = ()
     #: where users reach the emulator (onboarding links point here); default http://host:port
     public_url: str | None = None
     endpoints: tuple[EndpointSpec, ...] = ()
@@ -127,4 +157,11 @@ class EmulatorConfig:
         for key in self.api_keys:
             if not key.startswith(("sk_test_", "rk_test_")):
                 raise ValueError("API keys must be test keys (sk_test_... or rk_test_...)")
+        if len(self.control_token) < 16:
+            raise ValueError("the control token must be at least 16 characters")
+        if not self.allow_remote and not is_loopback(self.host):
+            raise ValueError(
+                f"refusing to listen on {self.host}: the emulator's control endpoints would be reachable from "
+                "other machines; bind to 127.0.0.1 or pass --allow-remote"
+            )
         self.knobs.validate()

@@ -1,11 +1,14 @@
 """Control endpoints under /_emulator: what the end user does in the Dashboard, plus the test knobs.
 
-Unauthenticated on purpose: this is a development tool meant to listen on 127.0.0.1, and the onboarding page
-must open in a browser without a key.
+They change what the emulator signs and sends to the processor, so each needs the per-run control token in the
+X-Emulator-Token header and takes JSON bodies only (a cross-site page can post text/plain or a form without
+asking, but neither a custom header nor a JSON body). The onboarding page is the exception a browser opens from
+a link: the link's own unguessable token is its capability, as on Stripe.
 """
 
 from __future__ import annotations
 
+import hmac
 import html
 import json
 from collections.abc import Awaitable, Callable
@@ -19,28 +22,53 @@ from starlette.routing import Route
 
 from processor.emulator import errors, ids
 from processor.emulator.clock import format_timestamp
+from processor.emulator.config import CONTROL_TOKEN_HEADER
 from processor.emulator.state import EmulatorState
 
 Control = Callable[[Request, EmulatorState, dict[str, Any]], Awaitable[Any]]
 
 
-def control(handler: Control) -> Callable[[Request], Awaitable[Response]]:
-    """Parse an optional JSON body, run the handler, answer JSON or a Stripe-shaped error."""
+def _check_token(request: Request, state: EmulatorState) -> None:
+    given = request.headers.get(CONTROL_TOKEN_HEADER, "")
+    if not hmac.compare_digest(given.encode(), state.config.control_token.encode()):
+        raise errors.unauthorized(
+            f"The control endpoints need the emulator's control token in the {CONTROL_TOKEN_HEADER} header "
+            "(printed when the emulator starts; `emulator_token` in the data directory's secrets.json)."
+        )
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    """The JSON object sent, {} for none; any other content type is 415 (forms and text/plain are CSRF's tools)."""
+    raw = await request.body()
+    content_type = request.headers.get("content-type")
+    if content_type is None and not raw:
+        return {}
+    if content_type is None or content_type.split(";")[0].strip().lower() != "application/json":
+        raise errors.ApiError(
+            415, "invalid_request_error", "unsupported_media_type",
+            "Control requests take a JSON body (Content-Type: application/json).",
+        )  # fmt: skip
+    if not raw.strip():
+        return {}
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        raise errors.invalid("The request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(parsed, dict):
+        raise errors.invalid("The request body must be a JSON object.", code="invalid_json")
+    return parsed
+
+
+def control(handler: Control, *, public: bool = False) -> Callable[[Request], Awaitable[Response]]:
+    """Check the control token (unless `public`), parse an optional JSON body, run the handler, answer JSON."""
 
     async def run(request: Request) -> Response:
         state: EmulatorState = request.app.state.emulator
         request_id = ids.request_id()
         try:
-            body: dict[str, Any] = {}
-            raw = await request.body()
-            if raw.strip():
-                try:
-                    parsed = json.loads(raw)
-                except ValueError:
-                    raise errors.invalid("The request body is not valid JSON.", code="invalid_json") from None
-                if not isinstance(parsed, dict):
-                    raise errors.invalid("The request body must be a JSON object.", code="invalid_json")
-                body = parsed
+            if not public:
+                _check_token(request, state)
+            body = await _json_body(request)
             result = await handler(request, state, body)
         except errors.ApiError as exc:
             return exc.response(request_id)
@@ -242,13 +270,18 @@ async def onboarding_page(request: Request) -> Response:
         install=html.escape(install),
         actions=message + actions,
     )
-    return HTMLResponse(page)
+    # the URL is the capability: keep it out of Referer headers, caches and other sites' frames
+    return HTMLResponse(page, headers={
+        "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
+        "Content-Security-Policy": "frame-ancestors 'none'",
+    })
 
 
 def routes() -> list[Route]:
     prefix = "/_emulator"
     return [
-        Route(f"{prefix}/healthz", control(healthz), methods=["GET"]),
+        # liveness only (counts, no ids): container health checks call it without the token
+        Route(f"{prefix}/healthz", control(healthz, public=True), methods=["GET"]),
         Route(f"{prefix}/sandboxes", control(list_sandboxes), methods=["GET"]),
         Route(f"{prefix}/sandboxes/{{id}}", control(get_sandbox), methods=["GET"]),
         Route(f"{prefix}/sandboxes/{{id}}/claim", control(claim), methods=["POST"]),

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from processor.emulator.app import build_app
-from processor.emulator.config import EmulatorConfig, Knobs
+from processor.emulator.config import CONTROL_TOKEN_HEADER, EmulatorConfig, Knobs
 from processor.emulator.state import EmulatorState
 from processor.emulator.webhooks import Attempt, Endpoint
 from processor.serving import free_port, serving
@@ -21,6 +21,16 @@ class RunningEmulator:
     base_url: str
     api_key: str
     state: EmulatorState
+
+    @property
+    def control_token(self) -> str:
+        """The per-run token the /_emulator/* control endpoints require."""
+        return self.state.config.control_token
+
+    @property
+    def control_headers(self) -> dict[str, str]:
+        """Headers for an HTTP client of the control endpoints."""
+        return {CONTROL_TOKEN_HEADER: self.control_token}
 
     def add_webhook_endpoint(
         self, url: str, secret: str | None = None, enabled_events: frozenset[str] = frozenset()

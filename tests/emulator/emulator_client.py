@@ -11,6 +11,7 @@ VERSION = "2026-04-22.preview"
 
 
 def api_client(emu: RunningEmulator) -> httpx.AsyncClient:
-    """httpx client on the emulator's base URL with its API key and the Stripe-Version header."""
-    headers = {"Authorization": f"Bearer {emu.api_key}", "Stripe-Version": VERSION}
+    """httpx client on the emulator's base URL with its API key, the Stripe-Version header and the control
+    token (so the same client drives the Dashboard stand-in under /_emulator)."""
+    headers = {"Authorization": f"Bearer {emu.api_key}", "Stripe-Version": VERSION, **emu.control_headers}
     return httpx.AsyncClient(base_url=emu.base_url, headers=headers)

@@ -48,7 +48,7 @@ async def test_api_latency_knob_slows_answers() -> None:
 
 async def test_bad_knob_values_are_refused() -> None:
     """The config endpoint rejects unknown knobs and out-of-range values and keeps the old ones."""
-    async with running_emulator() as emu, httpx.AsyncClient(base_url=emu.base_url) as api:
+    async with running_emulator() as emu, httpx.AsyncClient(base_url=emu.base_url, headers=emu.control_headers) as api:
         unknown = await api.post("/_emulator/config", json={"speed": 11})
         bad = await api.post("/_emulator/config", json={"duplicate_rate": 2})
         current = (await api.get("/_emulator/config")).json()

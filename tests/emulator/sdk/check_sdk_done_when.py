@@ -58,7 +58,7 @@ async def test_hundred_sandboxes_every_path_every_event_seen() -> None:
             )
             assert all(isinstance(s, ClaimableSandbox) for s in created)
             path_of = {s.id: ("new", "existing", "expiry")[i % 3] for i, s in enumerate(created)}
-            async with httpx.AsyncClient(base_url=emu.base_url) as control:
+            async with httpx.AsyncClient(base_url=emu.base_url, headers=emu.control_headers) as control:
 
                 async def drive(sandbox_id: str, path: str) -> None:
                     steps = {

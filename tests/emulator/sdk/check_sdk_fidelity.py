@@ -84,7 +84,7 @@ async def test_created_sandbox_deserializes_into_claimable_sandbox(emulator: Run
     fetched = await client.v2.core.claimable_sandboxes.retrieve_async(created.id)
     assert isinstance(fetched, ClaimableSandbox) and fetched.sandbox_details.api_keys is None
 
-    async with httpx.AsyncClient(base_url=emulator.base_url) as control:
+    async with httpx.AsyncClient(base_url=emulator.base_url, headers=emulator.control_headers) as control:
         await control.post(f"/_emulator/sandboxes/{created.id}/claim", json={"into": "new"})
     claimed = await client.v2.core.claimable_sandboxes.retrieve_async(created.id)
     assert isinstance(claimed.owner_details, ClaimableSandbox.OwnerDetails)
@@ -145,7 +145,7 @@ async def test_webhooks_parse_into_the_right_notification_classes() -> None:
             emu.add_webhook_endpoint(receiver.url, SECRET, frozenset(THIN_TYPES))
             live = await client.v2.core.claimable_sandboxes.create_async(PARAMS)  # type: ignore[arg-type]
             lapsing = await client.v2.core.claimable_sandboxes.create_async(PARAMS)  # type: ignore[arg-type]
-            async with httpx.AsyncClient(base_url=emu.base_url) as control:
+            async with httpx.AsyncClient(base_url=emu.base_url, headers=emu.control_headers) as control:
                 await control.post(f"/_emulator/sandboxes/{live.id}/claim", json={"into": "existing"})
                 await control.post(f"/_emulator/sandboxes/{live.id}/install_app")
             emu.advance_clock(timedelta(days=61))
@@ -190,7 +190,7 @@ async def test_v1_snapshot_event_verifies_with_construct_event() -> None:
     ):
         client = sdk(emu)
         sandbox = await client.v2.core.claimable_sandboxes.create_async(PARAMS)  # type: ignore[arg-type]
-        async with httpx.AsyncClient(base_url=emu.base_url) as control:
+        async with httpx.AsyncClient(base_url=emu.base_url, headers=emu.control_headers) as control:
             await control.post(f"/_emulator/sandboxes/{sandbox.id}/claim", json={"into": "existing"})
             await control.post(f"/_emulator/sandboxes/{sandbox.id}/install_app")
             emu.add_webhook_endpoint(receiver.url, SECRET)
