@@ -140,6 +140,8 @@ class LifecycleConsumer:
         self._fetch_slots = asyncio.Semaphore(self.options.fetch_concurrency)
         self._attempts: dict[TopicPartition, int] = {}
         self._resume_at: dict[TopicPartition, float] = {}
+        #: rewinds per partition so far: a batch polled before a rewind of its partition holds stale records
+        self._rewinds: Counter[TopicPartition] = Counter()
         self._committed: dict[TopicPartition, int] = {}
         self._consumer: LogConsumer | None = None
         #: monotonic time the loop last made progress (liveness)
@@ -159,25 +161,27 @@ class LifecycleConsumer:
             lag_task = asyncio.create_task(self._watch_lag(stop), name="consumer-lag")
             # The previous batch's transaction and commit, running while the next batch is polled and fetched;
             # `applying_ids` are its events, which that next batch must not apply a second time. A rewind it
-            # does takes effect at the next `_resume_due`, so the loop collects it before getting there: the
-            # records of a rewound partition polled meanwhile are then known to be stale, and dropped.
-            applying: asyncio.Task[set[TopicPartition]] | None = None
+            # does after the next batch was polled makes that batch's records of the partition stale (they are
+            # read again from the rewound offset), so they are dropped; records polled after the rewind (the
+            # log drops what a fetch in flight read before it) are the re-read ones, and are kept.
+            applying: asyncio.Task[None] | None = None
             applying_ids: Collection[str] = ()
             try:
                 while not stop.is_set():
                     self.last_beat = time.monotonic()
                     self._resume_due(consumer)
                     records = await consumer.poll(self.options.batch_size, self.options.poll_timeout_s)
+                    rewinds_at_poll = self._rewinds.copy()
                     if not records:
                         if applying is not None and applying.done():
                             applying.result()  # re-raises what ended the batch (the log failing on commit)
                             applying, applying_ids = None, ()
                         continue
                     batch = await self._prepare_or_error(records, applying_ids)
-                    rewound: set[TopicPartition] = set()
                     if applying is not None:
-                        rewound = await applying
+                        await applying
                         applying, applying_ids = None, ()
+                    rewound = {tp for tp, count in self._rewinds.items() if rewinds_at_poll[tp] != count}
                     if isinstance(batch, Exception):  # read all of it again later (but not before a rewind)
                         first: dict[TopicPartition, int] = {}
                         for record in records:
@@ -205,16 +209,16 @@ class LifecycleConsumer:
         except Exception as exc:  # the caller retries all of the batch's partitions
             return exc
 
-    async def _finish(self, consumer: LogConsumer, batch: _Batch) -> set[TopicPartition]:
-        """Apply a prepared batch, then commit it; returns the partitions rewound for a retry."""
+    async def _finish(self, consumer: LogConsumer, batch: _Batch) -> None:
+        """Apply a prepared batch, then commit it; partitions that failed are rewound for a retry."""
         self.batches += 1
         if not batch.records:
-            return set()
+            return
         try:
             failed = await self._apply(batch)
         except Exception as exc:  # a failure of the whole batch (database, log): retry all of its partitions
             await self._retry_later(consumer, batch.first, exc)
-            return set(batch.first)
+            return
         if failed:
             await self._retry_later(consumer, {tp: batch.first[tp] for tp in failed}, failed[next(iter(failed))])
         offsets: dict[TopicPartition, int] = {}
@@ -227,11 +231,10 @@ class LifecycleConsumer:
             # the partitions moved to another member, which reads them again from the last commit: the
             # effects are already in the database, so that redelivery is a no-op
             log.warning("offsets not committed: %s", exc)
-            return set(failed)
+            return
         self._committed.update(offsets)
         for tp in offsets:
             self._attempts.pop(tp, None)
-        return set(failed)
 
     async def _prepare(self, records: Sequence[Record], skip_ids: Collection[str]) -> _Batch:
         """Parse, deduplicate (in the batch, `skip_ids`, processed_events) and fetch each sandbox once."""
@@ -363,6 +366,7 @@ class LifecycleConsumer:
             )
             consumer.pause(tp)
             await consumer.seek(tp, offset)
+            self._rewinds[tp] += 1
             self._resume_at[tp] = time.monotonic() + delay
             self.metrics.retries.labels(error_class=code).inc()
             log.warning(

@@ -253,6 +253,9 @@ class PostgresLogConsumer:
         self.member_id = f"{group}-{uuid.uuid4().hex[:12]}"
         self._owned: set[TopicPartition] = set()
         self._positions: dict[TopicPartition, int] = {}
+        #: bumped whenever a partition's position is set from outside a fetch (seek, a new owner): a fetch in
+        #: flight meanwhile read from the old position, so its records of that partition are stale
+        self._generations: dict[TopicPartition, int] = defaultdict(int)
         self._paused: set[TopicPartition] = set()
         self._last_heartbeat = 0.0
         self._started = False
@@ -296,7 +299,11 @@ class PostgresLogConsumer:
         self._paused.difference_update(tps)
 
     async def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._set_position(tp, offset)
+
+    def _set_position(self, tp: TopicPartition, offset: int) -> None:
         self._positions[tp] = offset
+        self._generations[tp] += 1
 
     async def _heartbeat_and_rebalance(self) -> None:
         """Heartbeat, expire dead members, and move towards a round-robin assignment over live members."""
@@ -353,7 +360,7 @@ class PostgresLogConsumer:
                     ends = {TopicPartition(r["topic"], r["partition"]): int(r["next_offset"]) for r in
                             await conn.fetch("SELECT topic, partition, next_offset FROM log_partitions")}
         for tp in claimed:
-            self._positions[tp] = committed.get(tp, 0 if self.from_beginning else ends.get(tp, 0))
+            self._set_position(tp, committed.get(tp, 0 if self.from_beginning else ends.get(tp, 0)))
         for tp in self._owned - now_owned:
             self._positions.pop(tp, None)
         if claimed or release:
@@ -383,6 +390,7 @@ class PostgresLogConsumer:
         if not active:
             return []
         per_partition = max(1, max_records // len(active))
+        generations = {tp: self._generations[tp] for tp in active}
         try:
             async with self._log.pool.acquire() as conn:
                 rows = await conn.fetch(
@@ -395,7 +403,12 @@ class PostgresLogConsumer:
                 )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise LogUnavailable(f"PostgreSQL event log read failed: {exc}") from exc
-        records = [_to_record(row) for row in rows]
+        # A seek (a rewind after a retriable error, from the task finishing the previous batch), a pause or a
+        # lost partition while the query ran wins over what it read: those records are dropped unread, and the
+        # position stays where the seek put it, as Kafka's fetcher drops records whose position moved.
+        current = {tp for tp in active
+                   if self._generations[tp] == generations[tp] and tp in self._owned and tp not in self._paused}
+        records = [record for record in map(_to_record, rows) if record.tp in current]
         records.sort(key=lambda r: (r.topic, r.partition, r.offset))
         for record in records:
             self._positions[record.tp] = record.offset + 1
