@@ -358,7 +358,11 @@ class LifecycleConsumer:
         if not isinstance(error, ProcessorError) or not error.retriable:
             # not marked retriable but not poison either (a bug, a bad API key): retry rather than lose events
             log.error("batch failed with %s; its partitions are retried", code, exc_info=error)
+        owned = consumer.assignment()
         for tp, offset in rewind.items():
+            if tp not in owned:  # moved to another member, which reads it again from the last commit
+                self._forget(tp)
+                continue
             attempt = self._attempts[tp] = self._attempts.get(tp, 0) + 1
             delay = max(
                 self.options.retry_base_s / 2,
@@ -381,11 +385,19 @@ class LifecycleConsumer:
 
     def _resume_due(self, consumer: LogConsumer) -> None:
         now = time.monotonic()
+        owned = consumer.assignment()
+        for tp in [tp for tp in self._resume_at if tp not in owned]:
+            self._forget(tp)  # revoked during its backoff: if it comes back, it starts afresh
         due = [tp for tp, at in self._resume_at.items() if at <= now]
         for tp in due:
             del self._resume_at[tp]
         if due:
             consumer.resume(*due)
+
+    def _forget(self, tp: TopicPartition) -> None:
+        """Drop the retry state of a partition this member no longer owns."""
+        self._resume_at.pop(tp, None)
+        self._attempts.pop(tp, None)
 
     # --- lag -------------------------------------------------------------------------------------------------
     async def _watch_lag(self, stop: asyncio.Event) -> None:

@@ -75,14 +75,17 @@ class LogConsumer(Protocol):
     def assignment(self) -> frozenset[TopicPartition]: ...
 
     async def seek(self, tp: TopicPartition, offset: int) -> None:
-        """Read `tp` from `offset` on the next poll (replay)."""
+        """Read `tp` from `offset` on the next poll (replay); a partition not owned (any more) is left alone."""
         ...
 
     async def offsets_for_time(self, timestamp_ms: int) -> dict[TopicPartition, int]:
         """For each owned partition, the first offset whose timestamp is >= `timestamp_ms`."""
         ...
 
-    def pause(self, *tps: TopicPartition) -> None: ...
+    def pause(self, *tps: TopicPartition) -> None:
+        """Stop fetching `tps` until resumed; partitions not owned are skipped, and a partition that moves to
+        another member and back starts unpaused."""
+        ...
 
     def resume(self, *tps: TopicPartition) -> None: ...
 

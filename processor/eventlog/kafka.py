@@ -329,8 +329,16 @@ class KafkaLogConsumer:
     def assignment(self) -> frozenset[TopicPartition]:
         return frozenset(TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment())
 
+    def _owned(self, tps: Sequence[TopicPartition]) -> list[KafkaTP]:
+        """The partitions of `tps` this member still owns. A rebalance can take any partition between the
+        caller's decision and its call (a retry's backoff spans rebalances), and aiokafka raises
+        IllegalStateError for one no longer assigned; its new owner reads it from the last commit anyway."""
+        assigned = self._consumer.assignment()
+        return [KafkaTP(*tp) for tp in tps if KafkaTP(*tp) in assigned]
+
     async def seek(self, tp: TopicPartition, offset: int) -> None:
-        self._consumer.seek(KafkaTP(*tp), offset)
+        for owned in self._owned([tp]):
+            self._consumer.seek(owned, offset)
 
     async def offsets_for_time(self, timestamp_ms: int) -> dict[TopicPartition, int]:
         owned = list(self._consumer.assignment())
@@ -342,7 +350,7 @@ class KafkaLogConsumer:
         }
 
     def pause(self, *tps: TopicPartition) -> None:
-        self._consumer.pause(*(KafkaTP(*tp) for tp in tps))
+        self._consumer.pause(*self._owned(tps))
 
     def resume(self, *tps: TopicPartition) -> None:
-        self._consumer.resume(*(KafkaTP(*tp) for tp in tps))
+        self._consumer.resume(*self._owned(tps))

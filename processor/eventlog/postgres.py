@@ -293,13 +293,14 @@ class PostgresLogConsumer:
         return frozenset(self._owned)
 
     def pause(self, *tps: TopicPartition) -> None:
-        self._paused.update(tps)
+        self._paused.update(tp for tp in tps if tp in self._owned)
 
     def resume(self, *tps: TopicPartition) -> None:
         self._paused.difference_update(tps)
 
     async def seek(self, tp: TopicPartition, offset: int) -> None:
-        self._set_position(tp, offset)
+        if tp in self._owned:  # a partition that moved on is read by its new owner from the last commit
+            self._set_position(tp, offset)
 
     def _set_position(self, tp: TopicPartition, offset: int) -> None:
         self._positions[tp] = offset
@@ -363,6 +364,9 @@ class PostgresLogConsumer:
             self._set_position(tp, committed.get(tp, 0 if self.from_beginning else ends.get(tp, 0)))
         for tp in self._owned - now_owned:
             self._positions.pop(tp, None)
+            self._generations[tp] += 1  # a fetch in flight read it for the previous ownership
+        # like a Kafka assignment, a partition that comes back starts unpaused
+        self._paused -= (self._owned - now_owned) | claimed
         if claimed or release:
             log.info("member %s of %s owns %s", self.member_id, self.group, sorted(now_owned))
         self._owned = now_owned
