@@ -32,6 +32,12 @@ class LogUnavailable(ProcessorError):
     code = "log_unavailable"
 
 
+class Fenced(LogUnavailable):
+    """A writer that lost its role (the relay's lease) tried to write: the log refused it, as it must."""
+
+    code = "fenced"
+
+
 class CommitRejected(ProcessorError):
     """The consumer no longer owns a partition (rebalance); its records will be redelivered elsewhere."""
 

@@ -1,9 +1,10 @@
 """The Kafka event-log backend (aiokafka).
 
-The producer is idempotent with `acks=all` (kafka_batches.py, kafka_session.py), so `publish` returns only once
-every in-sync replica has the record and a resent batch is never written twice. Consumers never auto-commit:
-the caller commits after its own database transaction, and a commit after a rebalance is refused
-(CommitRejected) instead of moving an offset the consumer no longer owns.
+The producer is aiokafka's own, idempotent with `acks=all` (kafka_producer.py), so `publish` returns only once
+every in-sync replica has the record and a resent batch is never written twice. The relay writes through a
+transactional producer (`fenced_publisher`), so every reader here uses isolation_level=read_committed.
+Consumers never auto-commit: the caller commits after its own database transaction, and a commit after a
+rebalance is refused (CommitRejected) instead of moving an offset the consumer no longer owns.
 """
 
 from __future__ import annotations
@@ -22,18 +23,22 @@ from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
     KafkaError,
+    OutOfOrderSequenceNumber,
     TopicAlreadyExistsError,
+    UnknownProducerId,
 )
 
 from processor.errors import CommitRejected, LogUnavailable
 from processor.eventlog.base import Headers, Published, Record, TopicPartition
-from processor.eventlog.kafka_batches import PartitionBatcher
+from processor.eventlog.kafka_producer import FATAL_PRODUCER_ERRORS, KafkaFencedPublisher, new_producer, stop_producer
 from processor.kafka_security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
 
 #: how often the producer's connection is checked for /readyz
 _HEALTH_INTERVAL_S = 2.0
+#: `read` stops after this many empty 250 ms polls short of its end (records deleted, a transaction still open)
+_READ_IDLE_POLLS = 4
 
 
 def _record(message: Any) -> Record:
@@ -59,53 +64,38 @@ class KafkaEventLog:
         self.replication_factor = replication_factor
         self.linger_ms = linger_ms
         self._producer: AIOKafkaProducer | None = None
-        self._batcher: PartitionBatcher | None = None
+        self._replacing = asyncio.Lock()
         self._health_task: asyncio.Task[None] | None = None
         self._healthy = False
 
     async def start(self) -> None:
         if self._producer is not None:
             return
-        # aiokafka's producer provides the connections, cluster metadata and API versions; the batcher builds
-        # and sends the produce requests itself (acks=all, idempotent through its own producer session), so
-        # aiokafka's sender never has anything to send and its idempotence stays off
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, client_id=self.client_id, request_timeout_ms=self.request_timeout_ms,
-            **self.security.client_options(),
-        )
-        try:
-            await producer.start()
-        except KafkaError as exc:
-            with contextlib.suppress(KafkaError):
-                await producer.stop()
-            raise LogUnavailable(f"cannot connect to Kafka at {self.bootstrap}: {exc}") from exc
+        producer = await self._started_producer()
         self._producer = producer
-        self._batcher = PartitionBatcher(
-            producer, self._write_failed, request_timeout_ms=self.request_timeout_ms,
-            # one open batch per partition; at aiokafka's 16 KiB default, concurrent 1 KiB publishes queued behind
-            # round trips (measured: 1.1k rec/s vs 12.6k with 1 MiB batches, bench/log_throughput.py)
-            batch_size=1024 * 1024,
-            # linger 0: a lone webhook is sent at once (bench/ingress.py: p50 at 1 connection 3.4 ms with 2 ms of
-            # linger, 0.8 ms without); under load batches still form while a request is in flight
-            linger_ms=self.linger_ms,
-        )
         self._healthy = True
         self._health_task = asyncio.create_task(self._watch_health(), name="kafka-health")
 
+    async def _started_producer(self) -> AIOKafkaProducer:
+        producer = new_producer(self.bootstrap, self.security, client_id=self.client_id,
+                                request_timeout_ms=self.request_timeout_ms, linger_ms=self.linger_ms)
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            await stop_producer(producer, self.request_timeout_ms / 1000)
+            raise LogUnavailable(f"cannot connect to Kafka at {self.bootstrap}: {exc}") from exc
+        return producer
+
     async def stop(self) -> None:
         """Flush pending records and disconnect. Safe to call twice."""
-        batcher, self._batcher = self._batcher, None
-        if batcher is not None:  # what callers appended reaches the producer before it stops
-            await batcher.flush()
         producer, self._producer = self._producer, None
         task, self._health_task = self._health_task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if producer is not None:
-            with contextlib.suppress(KafkaError):
-                await producer.stop()
+        if producer is not None:  # what callers handed over reaches the broker before the producer stops
+            await stop_producer(producer, self.request_timeout_ms / 1000)
         self._healthy = False
 
     async def __aenter__(self) -> KafkaEventLog:
@@ -134,36 +124,50 @@ class KafkaEventLog:
             raise LogUnavailable("the Kafka event log is not started")
         return self._producer
 
-    def _write_failed(self, exc: Exception) -> LogUnavailable:
+    async def _write_failed(self, producer: AIOKafkaProducer, exc: BaseException) -> LogUnavailable:
         self._healthy = False
-        return LogUnavailable(f"Kafka did not acknowledge the write: {exc}")
+        if isinstance(exc, FATAL_PRODUCER_ERRORS | OutOfOrderSequenceNumber | UnknownProducerId):
+            await self._replace(producer)  # this producer id cannot write any more: the next publish gets a new one
+        return LogUnavailable(f"Kafka did not acknowledge the write: {exc!r}")
 
-    def _require_batcher(self) -> PartitionBatcher:
-        if self._batcher is None:
-            raise LogUnavailable("the Kafka event log is not started")
-        return self._batcher
+    async def _replace(self, broken: AIOKafkaProducer) -> None:
+        async with self._replacing:
+            if self._producer is not broken:  # another failed publish replaced it already
+                return
+            self._producer = await self._started_producer()
+        asyncio.create_task(stop_producer(broken, self.request_timeout_ms / 1000))  # noqa: RUF006 (self-ending)
 
     async def publish(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> Published:
-        batcher = self._require_batcher()
-        partition = batcher.place(topic, key)
-        if partition is None:
-            partition = await batcher.place_when_known(topic, key)
-        offset = await batcher.append(topic, partition, key, value, headers)
+        producer = self._require_producer()
+        try:
+            sent = await producer.send(topic, value, key=key, headers=list(headers))
+            metadata = await sent
+        except KafkaError as exc:
+            raise await self._write_failed(producer, exc) from exc
         self._healthy = True
-        return Published(topic, partition, offset)
+        return Published(topic, metadata.partition, metadata.offset)
 
     async def publish_many(self, records: Sequence[tuple[str, bytes | None, bytes, Headers]]) -> list[Published]:
-        batcher = self._require_batcher()
-        # appended in order before anything is awaited: per-partition order is the order of `records`
-        placed = [(topic, await batcher.place_when_known(topic, key)) for topic, key, _, _ in records]
-        waiters = [batcher.append(topic, partition, key, value, headers)
-                   for (topic, partition), (_, key, value, headers) in zip(placed, records, strict=True)]
-        outcomes = await asyncio.gather(*waiters, return_exceptions=True)
-        offsets = [o for o in outcomes if not isinstance(o, BaseException)]
-        if len(offsets) < len(outcomes):  # every future was awaited, so no failure goes unretrieved
-            raise next(o for o in outcomes if isinstance(o, BaseException))
+        producer = self._require_producer()
+        try:
+            # handed to the producer in order before any acknowledgement is awaited: per-partition order is the
+            # order of `records`
+            futures = [await producer.send(topic, value, key=key, headers=list(headers))
+                       for topic, key, value, headers in records]
+        except KafkaError as exc:
+            raise await self._write_failed(producer, exc) from exc
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        written = [o for o in outcomes if not isinstance(o, BaseException)]
+        if len(written) < len(outcomes):  # every future was awaited, so no failure goes unretrieved
+            failure = next(o for o in outcomes if isinstance(o, BaseException))
+            raise await self._write_failed(producer, failure) from failure
         self._healthy = True
-        return [Published(topic, partition, offset) for (topic, partition), offset in zip(placed, offsets, strict=True)]
+        return [Published(m.topic, m.partition, m.offset) for m in written]
+
+    def fenced_publisher(self, role: str) -> KafkaFencedPublisher:
+        """A writer for `role` fenced by a transactional producer whose transactional id is `role`."""
+        return KafkaFencedPublisher(self.bootstrap, self.security, transactional_id=role,
+                                    client_id=f"{self.client_id}-{role}", request_timeout_ms=self.request_timeout_ms)
 
     async def ensure_topics(self, topics: Sequence[str], partitions: int | None = None,
                             configs: Mapping[str, Mapping[str, str]] | None = None) -> None:
@@ -207,7 +211,7 @@ class KafkaEventLog:
         """A started group-less consumer with fresh metadata, for inspection reads."""
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-reader",
                                     enable_auto_commit=False, request_timeout_ms=self.request_timeout_ms,
-                                    **self.security.client_options())
+                                    isolation_level="read_committed", **self.security.client_options())
         await consumer.start()
         # aiokafka cancels a background task on stop(); stopping before it ran once raises CancelledError
         await asyncio.sleep(0)
@@ -243,15 +247,15 @@ class KafkaEventLog:
             ktp = KafkaTP(*tp)
             consumer.assign([ktp])
             consumer.seek(ktp, start)
-            while start < end:
-                batch = (await consumer.getmany(ktp, timeout_ms=1000, max_records=1000)).get(ktp, [])
-                if not batch:
-                    break
+            idle = 0
+            # the position, not the last record, says when to stop: a transaction's commit marker takes an offset
+            while await consumer.position(ktp) < end and idle < _READ_IDLE_POLLS:
+                batch = (await consumer.getmany(ktp, timeout_ms=250, max_records=1000)).get(ktp, [])
+                idle = 0 if batch else idle + 1
                 for message in batch:
                     if message.offset >= end:
                         return records
                     records.append(_record(message))
-                    start = message.offset + 1
         finally:
             await consumer.stop()
         return records
@@ -277,6 +281,8 @@ class KafkaLogConsumer:
             auto_offset_reset="earliest" if from_beginning else "latest",
             session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=max(session_timeout_ms // 5, 500),
             request_timeout_ms=log_.request_timeout_ms, **log_.security.client_options(),
+            # the relay's aborted transactions stay invisible (downstream consumers must do the same)
+            isolation_level="read_committed",
         )
         self._started = False
 
