@@ -52,3 +52,10 @@ DEFAULT_PUBLISH_TIMEOUT_S = 5.0
 DEFAULT_STRIPE_MAX_RPS = 25.0
 #: partitions of each topic in the embedded PostgreSQL log; consumers in a group split these
 DEFAULT_EMBEDDED_PARTITIONS = 4
+#: most records the PostgreSQL log's writer holds before a publish fails at once (the ingress answers 503): a few
+#: seconds of a busy ingress, so a short hiccup costs no 503s while a stalled write cannot grow memory without end
+DEFAULT_LOG_QUEUE_RECORDS = 10_000
+#: most bytes of bodies that writer holds: 32 bodies at the 1 MiB body limit, thousands of ordinary events
+DEFAULT_LOG_QUEUE_BYTES = 32 * 1024 * 1024
+#: the PostgreSQL log turns unready once a write has been pending this long (a group commit takes milliseconds)
+DEFAULT_LOG_STALLED_AFTER_S = 2.0

@@ -9,6 +9,7 @@ from processor.database import Database
 from processor.eventlog.base import EventLog
 from processor.eventlog.kafka import KafkaEventLog
 from processor.eventlog.postgres import PostgresEventLog
+from processor.eventlog.postgres_writer import WriterLimits
 from processor.settings import Settings
 
 
@@ -25,6 +26,8 @@ async def open_event_log(settings: Settings, database: Database | None = None) -
             database = Database(settings)
             await database.start(upgrade=True)
             stack.push_async_callback(database.stop)
-        pg_log = PostgresEventLog(database.pool, partitions=settings.embedded_partitions)
+        # a write that outlasts the publish timeout is useless to the ingress, which has answered 503 by then
+        pg_log = PostgresEventLog(database.pool, partitions=settings.embedded_partitions,
+                                  limits=WriterLimits(write_timeout_s=settings.publish_timeout_s))
         async with pg_log:
             yield pg_log

@@ -1,7 +1,7 @@
 """The embedded event log: topics, partitions, offsets and consumer groups as PostgreSQL tables.
 
-Producers append through one writer task that groups concurrent `publish` calls into a single transaction
-(group commit), so many small durable writes cost one fsync. Consumers own partitions exclusively through
+Producers append through one writer task (processor.eventlog.postgres_writer) that groups concurrent `publish`
+calls into a single transaction, bounded in memory and in time. Consumers own partitions exclusively through
 rows in `log_partition_owners`; a member that stops heartbeating loses them after the session timeout and
 its uncommitted records are delivered again to whoever takes over.
 """
@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
 
 import asyncpg
@@ -24,32 +22,16 @@ import asyncpg
 from processor.database import Connection
 from processor.errors import CommitRejected, LogUnavailable
 from processor.eventlog.base import Headers, Published, Record, TopicPartition
-from processor.eventlog.partitioner import partition_for
+from processor.eventlog.postgres_writer import LogWriter, Outgoing, WriterLimits
 
 log = logging.getLogger(__name__)
 
-#: most records one group-commit transaction writes
-_MAX_BATCH = 2000
 #: a member that has not heartbeated for this long is considered dead and loses its partitions
 DEFAULT_SESSION_TIMEOUT_S = 10.0
 #: members heartbeat and rebalance this often (from inside poll)
 _HEARTBEAT_S = 1.0
 #: an idle poll sleeps between fetches, backing off from the first to the second value
 _IDLE_SLEEP_S = (0.005, 0.1)
-
-_RECORD_COLUMNS = (
-    "topic", "partition", "offset", "key", "value", "header_keys", "header_values", "timestamp_ms",
-)
-
-
-@dataclass(slots=True)
-class _Pending:
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: Headers
-    timestamp_ms: int
-    future: asyncio.Future[Published] = field(repr=False)
 
 
 class PostgresEventLog:
@@ -58,34 +40,20 @@ class PostgresEventLog:
     name = "postgres"
 
     def __init__(self, pool: asyncpg.Pool, *, partitions: int = 4,
-                 session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S) -> None:
+                 session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S, limits: WriterLimits | None = None) -> None:
         self.pool = pool
         self.default_partitions = partitions
         self.session_timeout_s = session_timeout_s
         self._partitions: dict[str, int] = {}
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
-        self._round_robin = itertools.count()
-        self._healthy = False
+        self._writer = LogWriter(pool, self._partition_count, limits or WriterLimits())
 
     # --- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write_loop(), name="pg-log-writer")
-            self._healthy = True
+        await self._writer.start()
 
     async def stop(self) -> None:
         """Finish queued writes, then stop the writer. Safe to call twice."""
-        writer, self._writer = self._writer, None
-        if writer is None:
-            return
-        if not writer.done():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), timeout=10)
-        writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await writer
-        self._healthy = False
+        await self._writer.stop()
 
     async def __aenter__(self) -> PostgresEventLog:
         await self.start()
@@ -96,7 +64,8 @@ class PostgresEventLog:
         await self.stop()
 
     def healthy(self) -> bool:
-        return self._healthy and self._writer is not None
+        """False while the log cannot write (a write failed or is stalled), so readiness turns red."""
+        return self._writer.healthy()
 
     # --- topics ----------------------------------------------------------------------------------------
     async def ensure_topics(self, topics: Sequence[str], partitions: int | None = None) -> None:
@@ -140,81 +109,15 @@ class PostgresEventLog:
 
     # --- producing -------------------------------------------------------------------------------------
     async def publish(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> Published:
-        if self._writer is None:
-            raise LogUnavailable("the PostgreSQL event log is not started")
-        future: asyncio.Future[Published] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(topic, key, value, headers, time.time_ns() // 1_000_000, future))
-        return await future
+        (published,) = await self._writer.submit([Outgoing(topic, key, value, headers, time.time_ns() // 1_000_000)])
+        return published
 
     async def publish_many(self, records: Sequence[tuple[str, bytes | None, bytes, Headers]]) -> list[Published]:
-        if self._writer is None:
-            raise LogUnavailable("the PostgreSQL event log is not started")
-        loop = asyncio.get_running_loop()
+        """All of `records` in one transaction: on failure none of them is in the log, so a retry by the
+        caller cannot put a later record of a key before an earlier one."""
         now = time.time_ns() // 1_000_000
-        futures = []
-        for topic, key, value, headers in records:
-            future: asyncio.Future[Published] = loop.create_future()
-            self._queue.put_nowait(_Pending(topic, key, value, headers, now, future))
-            futures.append(future)
-        return list(await asyncio.gather(*futures))
-
-    async def _write_loop(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < _MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                await self._write_batch(batch)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
-
-    async def _write_batch(self, batch: list[_Pending]) -> None:
-        live = [p for p in batch if not p.future.done()]  # a caller that gave up does not block others
-        if live:
-            try:
-                results = await self._write(live)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, LogUnavailable) as exc:
-                self._healthy = False
-                error = exc if isinstance(exc, LogUnavailable) else LogUnavailable(f"event log write failed: {exc}")
-                for pending in live:
-                    if not pending.future.done():
-                        pending.future.set_exception(error)
-                return
-            self._healthy = True
-            for pending, result in zip(live, results, strict=True):
-                if not pending.future.done():
-                    pending.future.set_result(result)
-
-    async def _write(self, batch: list[_Pending]) -> list[Published]:
-        async with self.pool.acquire() as conn, conn.transaction():
-            groups: dict[TopicPartition, list[int]] = defaultdict(list)
-            for index, pending in enumerate(batch):
-                count = await self._partition_count(conn, pending.topic)
-                if pending.key is None:
-                    partition = next(self._round_robin) % count
-                else:
-                    partition = partition_for(pending.key, count)
-                groups[TopicPartition(pending.topic, partition)].append(index)
-            results: list[Published | None] = [None] * len(batch)
-            rows = []
-            # lock partition rows in one global order so concurrent writers never deadlock
-            for tp in sorted(groups):
-                indexes = groups[tp]
-                first = await conn.fetchval(
-                    "UPDATE log_partitions SET next_offset = next_offset + $3"
-                    " WHERE topic = $1 AND partition = $2 RETURNING next_offset - $3",
-                    tp.topic, tp.partition, len(indexes),
-                )
-                if first is None:
-                    raise LogUnavailable(f"topic {tp.topic!r} has no partition {tp.partition}")
-                for offset, index in enumerate(indexes, start=first):
-                    p = batch[index]
-                    rows.append((tp.topic, tp.partition, offset, p.key, p.value, [h[0] for h in p.headers],
-                                 [h[1] for h in p.headers], p.timestamp_ms))
-                    results[index] = Published(tp.topic, tp.partition, offset)
-            await conn.copy_records_to_table("log_records", records=rows, columns=_RECORD_COLUMNS)
-        return [r for r in results if r is not None]
+        return await self._writer.submit([Outgoing(topic, key, value, headers, now)
+                                          for topic, key, value, headers in records])
 
     # --- reading ---------------------------------------------------------------------------------------
     async def read(self, tp: TopicPartition, start: int, end: int) -> list[Record]:
