@@ -1,7 +1,8 @@
 """`processor` command line: a thin layer that parses options and calls library functions.
 
 Each subcommand lives in the module that owns its feature and exposes `register(subparsers)`; the modules are
-listed in COMMAND_MODULES so adding a command is one line here.
+listed in COMMAND_MODULES so adding a command is one line here. A module is named after its command, so a run
+of one command imports only that command's module (scripts call `processor sandbox show` thousands of times).
 """
 
 from __future__ import annotations
@@ -30,20 +31,24 @@ COMMAND_MODULES = (
     "processor.commands.reconcile",
     "processor.commands.dlq",
     "processor.commands.status",
+    "processor.commands.events",
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of `command` alone when a module is named after it."""
     parser = argparse.ArgumentParser(prog="processor", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
+    chosen = [m for m in COMMAND_MODULES if m.rpartition(".")[2] == command]
+    for module_name in chosen or COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `processor` script; returns the exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     try:
         result = args.handler(args)

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiokafka.helpers import create_ssl_context
-
 from processor.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -119,6 +117,9 @@ class KafkaSecurity:
         if not self.uses_ssl:
             return None
         try:
+            # imported here: settings import this module in every command, and aiokafka costs ~0.3 s to import
+            from aiokafka.helpers import create_ssl_context
+
             context: ssl.SSLContext = create_ssl_context(cafile=self.ssl_cafile)
         except (ssl.SSLError, OSError) as exc:
             raise ConfigError(CAFILE_VAR, f"cannot load CA certificates from {self.ssl_cafile}: {exc}") from exc

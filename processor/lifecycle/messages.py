@@ -7,11 +7,12 @@ schemas/sandbox-state.schema.json; the relay serializes them (orjson) and publis
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from processor.lifecycle.progress import Step
 from processor.lifecycle.state import State
+from processor.timestamps import rfc3339 as rfc3339  # re-exported: callers import it from here too
 
 #: CloudEvents `type` of a transition; the `.v1` suffix versions the shape of `data`
 TRANSITION_TYPE = "io.claimable-sandbox-processor.sandbox.transitioned.v1"
@@ -26,13 +27,6 @@ SNAPSHOT_CONTENT_TYPE = "application/json"
 def transition_id(sandbox_id: str, to_state: State) -> str:
     """The id of the transition into `to_state`: unique because each state is entered at most once."""
     return f"{sandbox_id}:{to_state}"
-
-
-def rfc3339(moment: datetime) -> str:
-    """`moment` as an RFC 3339 UTC timestamp with milliseconds, like Stripe's v2 API writes them."""
-    if moment.tzinfo is None:
-        raise ValueError("timestamps must be timezone-aware")
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def transition_event(

@@ -1,4 +1,4 @@
-"""The operator API: replay, reconcile, DLQ and sandbox inspection over HTTP, behind a bearer token.
+"""The operator API: replay, reconcile, DLQ, sandbox and event inspection over HTTP, behind a bearer token.
 
 `ops_routes(...)` returns Starlette routes under /v1/ops that the processor's app mounts. Every request must
 carry `Authorization: Bearer <token>` with one of PROCESSOR_API_TOKENS (the sandbox API's `BearerAuth`); with
@@ -23,7 +23,8 @@ from processor.database import Database
 from processor.errors import ProcessorError
 from processor.eventlog.base import EventLog
 from processor.operations import dlq as dlq_ops
-from processor.operations.inspect import list_sandboxes, show_sandbox
+from processor.operations.event_lookup import DEFAULT_PAGE, list_processed, show_event, unmatched_account_events
+from processor.operations.inspect import DEFAULT_LAST, list_sandboxes, show_sandbox
 from processor.operations.reconcile import DEFAULT_AGE, reconcile
 from processor.operations.replay import SOURCES, ReplayRequest, parse_offsets, replay
 from processor.operations.status import read_status
@@ -193,13 +194,45 @@ def ops_routes(settings: Settings, log_: EventLog, db: Database, stripe: StripeA
         return json_response({"data": rows})
 
     async def get_sandbox(request: Request) -> Response:
-        found = await show_sandbox(db, request.path_params["sandbox_id"])
+        query = request.query_params
+        before = _text(query, "before")
+        if before is not None and not before.isdigit():
+            raise BadRequest("before must be a history id (the history_next of the previous page)")
+        found = await show_sandbox(
+            db,
+            request.path_params["sandbox_id"],
+            last=_limit(query, DEFAULT_LAST),
+            before=None if before is None else int(before),
+        )
         if found is None:
             return error(404, "not_found", "No such sandbox.")
         return json_response(found)
 
     async def get_status(request: Request) -> Response:
         return json_response((await read_status(settings, log_, db)).as_dict())
+
+    async def get_events(request: Request) -> Response:
+        query = request.query_params
+        page = await list_processed(
+            db,
+            sandbox_id=_text(query, "sandbox_id"),
+            outcome=_text(query, "outcome"),
+            event_type=_text(query, "event_type"),
+            limit=_limit(query, DEFAULT_PAGE),
+            cursor=_text(query, "cursor"),
+        )
+        return json_response(page.as_dict())
+
+    async def get_event(request: Request) -> Response:
+        found = await show_event(settings, log_, db, request.path_params["event_id"])
+        if found is None:
+            return error(404, "not_found", "No event with this id was processed, recorded or dead-lettered.")
+        return json_response(found)
+
+    async def get_unmatched(request: Request) -> Response:
+        query = request.query_params
+        page = await unmatched_account_events(db, limit=_limit(query, DEFAULT_PAGE), cursor=_text(query, "cursor"))
+        return json_response(page.as_dict())
 
     def route(path: str, handler: Endpoint, method: str) -> Route:
         return Route(path, _guard(auth, handler), methods=[method])
@@ -213,4 +246,7 @@ def ops_routes(settings: Settings, log_: EventLog, db: Database, stripe: StripeA
         route("/v1/ops/sandboxes", get_sandboxes, "GET"),
         route("/v1/ops/sandboxes/{sandbox_id}", get_sandbox, "GET"),
         route("/v1/ops/status", get_status, "GET"),
+        route("/v1/ops/events", get_events, "GET"),
+        route("/v1/ops/events/{event_id}", get_event, "GET"),
+        route("/v1/ops/account_events/unmatched", get_unmatched, "GET"),
     ]

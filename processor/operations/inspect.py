@@ -9,7 +9,7 @@ import asyncpg
 import orjson
 
 from processor.database import Database
-from processor.lifecycle.messages import rfc3339
+from processor.timestamps import rfc3339
 
 #: history rows and processed events `sandbox show` prints by default
 DEFAULT_LAST = 20
@@ -27,22 +27,27 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _row(record: asyncpg.Record, *skip: str) -> dict[str, Any]:
+def plain_row(record: asyncpg.Record, *skip: str) -> dict[str, Any]:
+    """A database row as JSON-able data (times in RFC 3339, JSON columns parsed), without the `skip` columns."""
     return {key: _plain(value) for key, value in record.items() if key not in skip}
 
 
-async def show_sandbox(db: Database, sandbox_id: str, *, last: int = DEFAULT_LAST) -> dict[str, Any] | None:
-    """State, recent history, recent events and anomalies of one sandbox; None if we do not know it."""
+async def show_sandbox(
+    db: Database, sandbox_id: str, *, last: int = DEFAULT_LAST, before: int | None = None
+) -> dict[str, Any] | None:
+    """State, a page of history (the `last` rows before history id `before`, oldest first), recent events and
+    anomalies of one sandbox; None if we do not know it. `history_next` is the `before` of the older page."""
     async with db.pool.acquire() as conn:
         row = await conn.fetchrow("SELECT * FROM sandboxes WHERE id = $1", sandbox_id)
         if row is None:
             return None
         history = await conn.fetch(
-            "SELECT * FROM (SELECT id, kind, from_state, to_state, observed, sequence, event_id, event_type, reason,"
-            " occurred_at, recorded_at FROM sandbox_history WHERE sandbox_id = $1 ORDER BY id DESC LIMIT $2) h"
-            " ORDER BY id",
+            "SELECT id, kind, from_state, to_state, observed, sequence, event_id, event_type, reason,"
+            " occurred_at, recorded_at FROM sandbox_history WHERE sandbox_id = $1"
+            " AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
             sandbox_id,
-            last,
+            before,
+            last + 1,
         )
         events = await conn.fetch(
             "SELECT event_id, event_type, outcome, processed_at FROM processed_events WHERE sandbox_id = $1"
@@ -58,11 +63,13 @@ async def show_sandbox(db: Database, sandbox_id: str, *, last: int = DEFAULT_LAS
         pending = await conn.fetchval(
             "SELECT count(*) FROM outbox WHERE key = $1 AND published_at IS NULL", sandbox_id.encode()
         )
+    page = list(reversed(history[:last]))
     return {
-        "sandbox": _row(row),
-        "history": [_row(h) for h in history],
-        "last_events": [_row(e) for e in events],
-        "anomalies": [_row(a) for a in anomalies],
+        "sandbox": plain_row(row),
+        "history": [plain_row(h) for h in page],
+        "history_next": page[0]["id"] if len(history) > last else None,
+        "last_events": [plain_row(e) for e in events],
+        "anomalies": [plain_row(a) for a in anomalies],
         "outbox_pending": int(pending),
     }
 
@@ -86,4 +93,4 @@ async def list_sandboxes(
             after,
             limit,
         )
-    return [_row(r) for r in rows]
+    return [plain_row(r) for r in rows]
