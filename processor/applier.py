@@ -21,12 +21,19 @@ from processor.database import Connection
 from processor.errors import Anomaly, DatabaseUnavailable, PoisonEvent
 from processor.inbound import DEAUTHORIZED, Inbound
 from processor.lifecycle import Outcome, State, decide, stripe_fields
-from processor.lifecycle.messages import (
-    CLOUDEVENTS_CONTENT_TYPE,
-    SNAPSHOT_CONTENT_TYPE,
-    state_snapshot,
-    transition_event,
-    transition_id,
+from processor.lifecycle.messages import SNAPSHOT_CONTENT_TYPE, state_snapshot
+from processor.lifecycle.walk import walk
+from processor.writes import (
+    AnomalyRow,
+    CountOnEntry,
+    HistoryOnEntry,
+    HistoryRow,
+    OutboxRow,
+    ProcessedRow,
+    PublishOnEntry,
+    Reporting,
+    Writes,
+    content_type_headers,
 )
 
 #: the flag v1 account.application.deauthorized sets and .authorized clears
@@ -87,16 +94,6 @@ class BatchResult:
     repairs: list[Repair] = field(default_factory=list)
 
 
-@dataclass(slots=True)
-class _Writes:
-    history: list[tuple[Any, ...]] = field(default_factory=list)
-    processed: list[tuple[str, str, str | None, str]] = field(default_factory=list)
-    anomalies: list[tuple[str, str, str, str, str]] = field(default_factory=list)
-    outbox: list[tuple[str, bytes, bytes, str, str]] = field(default_factory=list)
-    #: (event id, sandbox id) of account events kept unmatched that a sandbox now matches
-    matched_later: list[tuple[str, str]] = field(default_factory=list)
-
-
 def _latest(events: Iterable[Inbound]) -> Inbound:
     # the newest event is the one whose fetch revealed the state (ties: the later record)
     return max(events, key=lambda e: (e.created, e.record.offset))
@@ -151,7 +148,7 @@ class Applier:
         repair: str | None,
     ) -> BatchResult:
         result = BatchResult()
-        writes = _Writes()
+        writes = Writes()
         ids = {o.sandbox_id for o in observations} | {str(n.sandbox_id) for n in notices}
         accounts = sorted({str(e.account) for e in account_events})
         if accounts:
@@ -173,8 +170,8 @@ class Applier:
             self._observe(observation, rows, writes, result, repair)
         for notice in notices:
             writes.history.append(
-                (
-                    notice.sandbox_id,
+                HistoryRow(
+                    str(notice.sandbox_id),
                     "notice",
                     None,
                     None,
@@ -186,7 +183,7 @@ class Applier:
                     notice.created,
                 )
             )
-            writes.processed.append((notice.event_id, notice.type, notice.sandbox_id, "notice"))
+            writes.processed.append(ProcessedRow(notice.event_id, notice.type, notice.sandbox_id, "notice"))
             result.outcomes["notice"] += 1
         learned = sorted(
             {
@@ -249,11 +246,11 @@ class Applier:
                     last_event_id=row.last_event_id,
                 )
                 writes.outbox.append(
-                    (
+                    OutboxRow(
                         self.topic_state,
                         row.id.encode(),
                         orjson.dumps(snapshot),
-                        _headers(SNAPSHOT_CONTENT_TYPE),
+                        content_type_headers(SNAPSHOT_CONTENT_TYPE),
                         f"{row.id}:v{row.version}",
                     )
                 )
@@ -262,78 +259,39 @@ class Applier:
         return result
 
     def _observe(
-        self, obs: Observation, rows: dict[str, _Row], writes: _Writes, result: BatchResult, repair: str | None
+        self, obs: Observation, rows: dict[str, _Row], writes: Writes, result: BatchResult, repair: str | None
     ) -> None:
         row = rows.get(obs.sandbox_id)
         decision = decide(row.state if row else None, obs.observed)
         reporting = _latest(obs.events)
         if decision.outcome is Outcome.ANOMALY:
-            reason = decision.reason or f"{obs.observed} cannot follow {row.state if row else None}"
-            for event in obs.events:
-                writes.anomalies.append(
-                    (obs.sandbox_id, event.event_id, str(row.state if row else None), str(obs.observed), reason)
-                )
-                writes.history.append(
-                    (
-                        obs.sandbox_id,
-                        "anomaly",
-                        str(row.state) if row else None,
-                        str(obs.observed),
-                        None,
-                        None,
-                        event.event_id,
-                        event.type,
-                        reason,
-                        event.created,
-                    )
-                )
-                result.poison.append((event, Anomaly(f"sandbox {obs.sandbox_id}: {reason}")))
+            self._anomaly(obs, row, decision.reason or "", writes, result)
             return
         fields = stripe_fields(obs.fetched)
-        before = row.state if row else None
-        if row is None:
-            row = _Row(obs.sandbox_id, State.UNCLAIMED, 0, {FLAG_DEAUTHORIZED: False}, 0, None, 0, None)
-            rows[obs.sandbox_id] = row
         if decision.outcome is Outcome.ADVANCE:
+            before = row.state if row else None
+            if row is None:
+                row = _Row(obs.sandbox_id, State.UNCLAIMED, 0, {FLAG_DEAUTHORIZED: False}, 0, None, 0, None)
+                rows[obs.sandbox_id] = row
             if repair is not None:
                 self._repaired(obs, before, repair, writes, result)
-            for step in decision.steps:
-                row.sequence += 1
-                event_id = reporting.event_id if step.observed and reporting.from_stripe else None
-                message = transition_event(
-                    obs.sandbox_id, step, sequence=row.sequence, occurred_at=reporting.created, event_id=event_id
-                )
-                writes.history.append(
-                    (
-                        obs.sandbox_id,
-                        "transition",
-                        None if step.from_state is None else str(step.from_state),
-                        str(step.to_state),
-                        step.observed,
-                        row.sequence,
-                        event_id,
-                        reporting.type if step.observed else None,
-                        None,
-                        reporting.created,
-                    )
-                )
-                writes.outbox.append(
-                    (
-                        self.topic_transitions,
-                        obs.sandbox_id.encode(),
-                        orjson.dumps(message),
-                        _headers(CLOUDEVENTS_CONTENT_TYPE),
-                        transition_id(obs.sandbox_id, step.to_state),
-                    )
-                )
-                result.transitions[str(step.to_state)] += 1
-                row.state = step.to_state
+            by = Reporting(reporting.event_id if reporting.from_stripe else None, reporting.type, reporting.created)
+            handlers = (
+                HistoryOnEntry(obs.sandbox_id, by, writes),
+                PublishOnEntry(obs.sandbox_id, by, writes, self.topic_transitions),
+                CountOnEntry(result.transitions),
+            )
+            # the statechart executes every step (inferred ones included); the handlers are its reactions
+            row.sequence = walk(before, decision.steps, row.sequence, handlers)
+            row.state = decision.steps[-1].to_state
             row.dirty = True
             outcome = "applied"
+        elif row is None:  # decide() never calls an observation of an unknown sandbox stale
+            raise ValueError(f"stale observation of unknown sandbox {obs.sandbox_id}")
         else:
             for event in obs.events:
                 writes.history.append(
-                    (
+                    HistoryRow(
                         obs.sandbox_id,
                         "stale",
                         str(row.state),
@@ -353,11 +311,34 @@ class Applier:
         if row.dirty:
             row.last_event_id = reporting.event_id
         for event in obs.events:
-            writes.processed.append((event.event_id, event.type, obs.sandbox_id, outcome))
+            writes.processed.append(ProcessedRow(event.event_id, event.type, obs.sandbox_id, outcome))
             result.outcomes[outcome] += 1
 
     @staticmethod
-    def _repaired(obs: Observation, before: State | None, repair: str, writes: _Writes, result: BatchResult) -> None:
+    def _anomaly(obs: Observation, row: _Row | None, reason: str, writes: Writes, result: BatchResult) -> None:
+        """An observation the chart cannot reach from the current state: recorded, and each event dead-lettered."""
+        current = str(row.state) if row else None
+        reason = reason or f"{obs.observed} cannot follow {current}"
+        for event in obs.events:
+            writes.anomalies.append(AnomalyRow(obs.sandbox_id, event.event_id, str(current), str(obs.observed), reason))
+            writes.history.append(
+                HistoryRow(
+                    obs.sandbox_id,
+                    "anomaly",
+                    current,
+                    str(obs.observed),
+                    None,
+                    None,
+                    event.event_id,
+                    event.type,
+                    reason,
+                    event.created,
+                )
+            )
+            result.poison.append((event, Anomaly(f"sandbox {obs.sandbox_id}: {reason}")))
+
+    @staticmethod
+    def _repaired(obs: Observation, before: State | None, repair: str, writes: Writes, result: BatchResult) -> None:
         """Record that a repair pass, not a webhook, moved this sandbox: webhooks about it were lost."""
         reporting = _latest(obs.events)
         detail = (
@@ -365,7 +346,7 @@ class Applier:
             " (the webhooks that would have moved it were lost)"
         )
         writes.history.append(
-            (
+            HistoryRow(
                 obs.sandbox_id,
                 "repair",
                 None if before is None else str(before),
@@ -381,7 +362,7 @@ class Applier:
         result.repairs.append(Repair(obs.sandbox_id, "state", detail))
 
     def _account(
-        self, event: Inbound, matched: list[_Row], writes: _Writes, result: BatchResult, repair: str | None
+        self, event: Inbound, matched: list[_Row], writes: Writes, result: BatchResult, repair: str | None
     ) -> None:
         self._flag(event.event_id, event.type, str(event.account), event.created_ms, matched, writes)
         if repair is not None:
@@ -390,13 +371,15 @@ class Applier:
             )
             for row in matched:
                 writes.history.append(
-                    (row.id, "repair", None, None, None, None, event.event_id, event.type, detail, event.created)
+                    HistoryRow(
+                        row.id, "repair", None, None, None, None, event.event_id, event.type, detail, event.created
+                    )
                 )
             result.repairs.extend(Repair(row.id, "flag", detail) for row in matched)
             if not matched:
                 result.repairs.append(Repair(None, "flag", f"{detail}; no sandbox has this account yet"))
         outcome = "flag" if matched else "unmatched"
-        writes.processed.append((event.event_id, event.type, matched[0].id if matched else None, outcome))
+        writes.processed.append(ProcessedRow(event.event_id, event.type, matched[0].id if matched else None, outcome))
         result.outcomes[outcome] += 1
 
     @staticmethod
@@ -406,7 +389,7 @@ class Applier:
         account: str,
         created_ms: int,
         matched: list[_Row],
-        writes: _Writes,
+        writes: Writes,
         note: str | None = None,
     ) -> None:
         """Set or clear the deauthorized flag of `matched` unless a newer account event already did; either
@@ -419,7 +402,7 @@ class Applier:
             # within one second a deauthorization follows the authorization it ends, so it wins the tie
             if created_ms < row.flags_as_of_ms or (created_ms == row.flags_as_of_ms and not value):
                 writes.history.append(
-                    (
+                    HistoryRow(
                         row.id,
                         "flag",
                         None,
@@ -441,7 +424,7 @@ class Applier:
                 row.dirty = True
                 row.last_event_id = event_id
             writes.history.append(
-                (
+                HistoryRow(
                     row.id,
                     "flag",
                     None,
@@ -455,7 +438,7 @@ class Applier:
                 )
             )
 
-    async def _write(self, conn: Connection, changed: Sequence[_Row], writes: _Writes) -> None:
+    async def _write(self, conn: Connection, changed: Sequence[_Row], writes: Writes) -> None:
         if changed:
             await conn.execute(
                 "INSERT INTO sandboxes (id, state, sequence, flags, flags_as_of_ms, stripe, sandbox_account,"
@@ -526,10 +509,6 @@ async def _insert_columns(conn: Connection, sql: str, rows: Sequence[tuple[Any, 
     one round trip for any number of rows. Nothing to insert, no query."""
     if rows:
         await conn.execute(sql, *[list(column) for column in zip(*rows, strict=True)])
-
-
-def _headers(content_type: str) -> str:
-    return orjson.dumps({"content-type": content_type}).decode()
 
 
 def _row(record: asyncpg.Record) -> _Row:
