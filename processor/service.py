@@ -170,7 +170,8 @@ async def run_service(settings: Settings, stop: asyncio.Event, *, emulator_port:
         reconciler: asyncio.Task[None] | None = None
         if reconcile_interval_s > 0:
             reconciler = asyncio.create_task(
-                run_reconciler(settings, db, stripe_api, reconcile_interval_s, worker_stop), name="reconciler")
+                run_reconciler(settings, db, stripe_api, reconcile_interval_s, worker_stop, event_log=event_log,
+                               metrics=worker_metrics), name="reconciler")
         web = asyncio.create_task(server.serve(), name="http")
         while not server.started:
             if web.done() or worker.done():

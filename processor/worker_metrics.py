@@ -71,6 +71,14 @@ class WorkerMetrics:
             registry=self.registry,
         )
 
+        self.reconcile_repairs = Counter(
+            "processor_reconcile_repairs_total",
+            "Changes a reconcile pass made that webhooks should have made (lost webhooks: alert on any), by kind"
+            " (state, flag).",
+            ["kind"],
+            registry=self.registry,
+        )
+
     def observe_stripe(self, status: str) -> None:
         self.stripe_requests.labels(status=status).inc()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 import time
@@ -12,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+import pytest
 from ops_harness import (
     check_paths,
     cli,
@@ -33,6 +35,7 @@ from processor.lifecycle import State
 from processor.operations.reconcile import BATCH, PERIODIC_CURSOR, RECONCILE_EVENT_TYPE, run_reconciler
 from processor.settings import Settings
 from processor.stripe_client import StripeApi
+from processor.worker_metrics import WorkerMetrics
 
 
 async def query(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
@@ -126,3 +129,71 @@ async def test_reconcile_repairs_stops_at_once_and_resumes_from_its_cursor(
         pub = await published(pg_log, settings)
         check_paths(pub, expected)
         assert pub.raw_transition_count == len(pub.transitions), "a transition was published twice"
+
+
+async def test_first_pass_waits_for_the_consumer_and_every_repair_is_counted(
+    pg_settings: Settings, pg_log: PostgresEventLog, pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Started while the log holds events nobody consumed (as after a crash), the reconciler repairs nothing
+    until the consumer has caught up, and then nothing needs repairing; a deauthorization lost later is repaired
+    by the next pass, counted in processor_reconcile_repairs_total and logged as a warning."""
+    caplog.set_level(logging.INFO, logger="processor.operations.reconcile")
+    async with emulator_stack(pg_settings, pg_log) as stack:
+        settings = with_db(stack.settings, pg_dsn)
+        async with StripeApi(settings) as api, Database(settings) as db:
+            ids = await create_sandboxes(api, 7, "catchup")
+            drive(stack.emu, ids)
+            await stack.emu.wait_for_deliveries(within_s=30)
+            metrics = WorkerMetrics()
+            stop = asyncio.Event()
+            task = asyncio.create_task(
+                run_reconciler(settings, db, api, 1.0, stop, age=timedelta(0), event_log=pg_log, metrics=metrics)
+            )
+            try:
+
+                async def logged(text: str) -> bool:
+                    return any(text in r.getMessage() for r in caplog.records)
+
+                async def pass_done() -> bool:
+                    return any(r.msg == "reconcile %s: %s" for r in caplog.records)
+
+                await wait_for(lambda: logged("waits for the consumer to catch up"), 30, "the reconciler waiting")
+                # it has looked at the status and found the consumer behind: nothing touched
+                assert await query(pg_dsn, "SELECT id FROM sandboxes") == []
+                async with worker(settings, pg_log, db):
+                    await wait_for(lambda: logged("consumer caught up"), 60, "the reconciler starting")
+                    await wait_for(pass_done, 60, "the first pass")
+                    expected = expected_states(stack.emu, ids)
+                    await wait_for(lambda: settled(pg_dsn, expected), 30, "every sandbox applied")
+                    assert await query(pg_dsn, "SELECT 1 FROM sandbox_history WHERE kind = 'repair'") == []
+                    assert _repairs(metrics) == {}
+
+                    installed = [sid for sid in ids if stack.emu.state.store.sandboxes[sid].app_authorized]
+                    stack.emu.set_knobs(delivery_enabled=False)
+                    stack.emu.state.sandboxes.uninstall_app(installed[0])
+
+                    async def counted() -> bool:
+                        return _repairs(metrics) == {"flag": 1.0}
+
+                    await wait_for(counted, 30, "the lost deauthorization repaired and counted")
+                    assert any(r.levelno == logging.WARNING and installed[0] in r.getMessage() for r in caplog.records)
+                    rows = await query(
+                        pg_dsn,
+                        "SELECT kind FROM sandbox_history WHERE sandbox_id = $1 AND kind = 'repair'",
+                        installed[0],
+                    )
+                    assert len(rows) == 1
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 30)
+
+
+def _repairs(metrics: WorkerMetrics) -> dict[str, float]:
+    exposed = {
+        s.labels["kind"]: s.value
+        for family in metrics.registry.collect()
+        if family.name == "processor_reconcile_repairs"
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
+    return {kind: value for kind, value in exposed.items() if value}
