@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Route
 from processor import constants as c
 from processor import localsecrets
 from processor.api.app import build_api_routes
-from processor.database import Database
+from processor.database import Database, stop_embedded_server
 from processor.eventlog import open_event_log
 from processor.eventlog.base import EventLog
 from processor.ingress.app import build_app as build_ingress_app
@@ -153,6 +153,9 @@ async def run_service(settings: Settings, stop: asyncio.Event, *, emulator_port:
         settings, emulator_url = backend.settings, backend.emulator_url
         db = Database(settings)
         await db.start(upgrade=True)
+        if db.embedded:
+            # this process owns the embedded server (adopted if a killed run left it): it stops with the service
+            stack.push_async_callback(asyncio.to_thread, stop_embedded_server, settings.data_dir)
         stack.push_async_callback(db.stop)
         event_log = await stack.enter_async_context(open_event_log(settings, db))
         await _ensure_topics(settings, event_log)
