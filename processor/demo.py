@@ -28,6 +28,7 @@ from processor.database import Database, stop_embedded_server
 from processor.emulator.config import CONTROL_TOKEN_HEADER
 from processor.eventlog.postgres import PostgresEventLog
 from processor.lifecycle import State, observed_state
+from processor.operations.progress import ProgressBar
 from processor.service import ServiceInfo, run_service
 from processor.serving import free_port
 from processor.settings import Settings
@@ -55,33 +56,6 @@ class DemoResult:
     @property
     def ok(self) -> bool:
         return not self.mismatches and self.transitions_published >= self.distinct_transitions > 0
-
-
-class Progress:
-    """A one-line progress bar and a per-state table, redrawn in place on a terminal."""
-
-    def __init__(self, total: int, out: TextIO) -> None:
-        self.total = total
-        self.out = out
-        self.tty = out.isatty()
-        self._last_plain = 0.0
-
-    def draw(self, matched: int, states: Counter[str], phase: str) -> None:
-        width = 30
-        filled = int(width * matched / max(self.total, 1))
-        bar = "#" * filled + "-" * (width - filled)
-        table = "  ".join(f"{s}={states.get(s, 0)}" for s in STATE_ORDER if states.get(s, 0))
-        line = f"[{bar}] {matched}/{self.total} in step with Stripe  | {table}  ({phase})"
-        if self.tty:
-            self.out.write("\r\033[K" + line)
-            self.out.flush()
-        elif time.monotonic() - self._last_plain > 2.0 or matched == self.total:
-            self._last_plain = time.monotonic()
-            print(line, file=self.out, flush=True)
-
-    def done(self) -> None:
-        if self.tty:
-            self.out.write("\n")
 
 
 async def _walk(control: httpx.AsyncClient, sandbox_id: str, path: str, index: int) -> None:
@@ -127,7 +101,7 @@ async def _truth(control: httpx.AsyncClient) -> dict[str, str]:
     return {item["id"]: observed_state(item).value for item in listing["data"]}
 
 
-async def _watch(api: httpx.AsyncClient, control: httpx.AsyncClient, progress: Progress, phase: str,
+async def _watch(api: httpx.AsyncClient, control: httpx.AsyncClient, progress: ProgressBar, phase: str,
                  until: Callable[[], Awaitable[bool]] | None = None, timeout_s: float = 180.0) -> list[str]:
     """Redraw progress until ours equals the emulator's for every sandbox (and `until` holds)."""
     deadline = time.monotonic() + timeout_s
@@ -135,7 +109,9 @@ async def _watch(api: httpx.AsyncClient, control: httpx.AsyncClient, progress: P
         ours, truth = await _states(api), await _truth(control)
         mismatches = [f"{sid}: processor says {ours.get(sid)}, Stripe says {want}"
                       for sid, want in truth.items() if ours.get(sid) != want]
-        progress.draw(len(truth) - len(mismatches), Counter(ours.values()), phase)
+        states = Counter(ours.values())
+        table = "  ".join(f"{s}={states[s]}" for s in STATE_ORDER if states[s])
+        progress.update(len(truth) - len(mismatches), f"in step with Stripe | {table} ({phase})")
         finished = until is None or await until()
         if (not mismatches and finished) or time.monotonic() > deadline:
             return mismatches
@@ -185,7 +161,8 @@ async def run_demo(sandboxes: int = 40, out: TextIO = sys.stdout, data_dir: Path
                 ids.append(response.json()["id"])
             print("walking them down every path in the emulator's Dashboard (20% duplicate deliveries, "
                   "reordering on) ...", file=out)
-            progress = Progress(sandboxes, out)
+            progress = ProgressBar("", out)
+            progress.total(sandboxes)
             await asyncio.gather(*(_walk(control, sid, PATHS[i % len(PATHS)], i) for i, sid in enumerate(ids)))
 
             async def deliveries_done() -> bool:
@@ -193,7 +170,7 @@ async def run_demo(sandboxes: int = 40, out: TextIO = sys.stdout, data_dir: Path
                              ).status_code == 200)
 
             mismatches = await _watch(api, control, progress, "settling", until=deliveries_done)
-            progress.done()
+            progress.close()
             attempts = (await control.get("/_emulator/webhook_attempts")).raise_for_status().json()["data"]
             delivered = [a for a in attempts if a["outcome"] == "succeeded"]
             final = Counter((await _states(api)).values())

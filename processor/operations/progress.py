@@ -31,15 +31,26 @@ class NoProgress:
 
 
 class ProgressBar:
-    """`label [#####-----] 512/1000 (12.3/s)`, redrawn in place at most every `interval_s`."""
+    """`label [#####-----] 512/1000 (12.3/s) detail`, redrawn in place on a terminal at most every
+    `interval_s`; on anything else (a log file, a pipe) printed as a plain line at most every `plain_interval_s`."""
 
-    def __init__(self, label: str, stream: TextIO | None = None, *, width: int = 30, interval_s: float = 0.1) -> None:
+    def __init__(
+        self,
+        label: str,
+        stream: TextIO | None = None,
+        *,
+        width: int = 30,
+        interval_s: float = 0.1,
+        plain_interval_s: float = 2.0,
+    ) -> None:
         self.label = label
         self.stream = stream or sys.stderr
         self.width = width
-        self.interval_s = interval_s
+        self.tty = self.stream.isatty()
+        self.interval_s = interval_s if self.tty else plain_interval_s
         self._total: int | None = None
         self._done = 0
+        self._detail = ""
         self._started = time.monotonic()
         self._drawn = 0.0
         self._visible = False
@@ -52,11 +63,18 @@ class ProgressBar:
         self._done += count
         self._draw()
 
+    def update(self, done: int, detail: str = "") -> None:
+        """Set how much is done (not added to it) and a short text shown after the figures."""
+        self._done = done
+        self._detail = detail
+        self._draw(force=done == self._total)
+
     def close(self) -> None:
         if self._visible:
             self._draw(force=True)
-            self.stream.write("\n")
-            self.stream.flush()
+            if self.tty:
+                self.stream.write("\n")
+                self.stream.flush()
             self._visible = False
 
     def _draw(self, *, force: bool = False) -> None:
@@ -70,7 +88,9 @@ class ProgressBar:
             bar = f"[{'#' * filled}{'-' * (self.width - filled)}] {self._done}/{self._total}"
         else:
             bar = f"{self._done}"
-        self.stream.write(f"\r{self.label} {bar} ({rate:.1f}/s)")
+        line = f"{self.label} {bar} ({rate:.1f}/s){' ' + self._detail if self._detail else ''}"
+        # on a terminal the line is redrawn in place (and cleared, as it may shrink); elsewhere one per line
+        self.stream.write(f"\r\033[K{line}" if self.tty else f"{line}\n")
         self.stream.flush()
         self._visible = True
 
