@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from processor.errors import ConfigError
+from processor.logflush import flush_logs_on_sigterm
 
 #: modules that define subcommands through `register(subparsers) -> None`
 COMMAND_MODULES = (
@@ -47,6 +48,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `processor` script; returns the exit code."""
+    flush_logs_on_sigterm()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)

@@ -140,9 +140,14 @@ def log_fields(logger: logging.Logger, level: int, msg: str, fields: dict[str, o
 
 
 def flush_lines() -> None:
-    """Write the lines the root handlers still hold. For uvicorn's worker processes: multiprocessing ends them
-    with os._exit, so logging's exit hook never runs and the last half second of lines would be lost."""
+    """Write the lines the root handlers still hold, and from now on each line at once: the process is ending.
+
+    For uvicorn's worker processes: they end by the SIGTERM uvicorn raises again after its shutdown, so
+    logging's exit hook never runs, and uvicorn's last lines ("Application shutdown complete", "Finished
+    server process") come after the lifespan that calls this."""
     for handler in logging.getLogger().handlers:
+        if isinstance(handler, BufferedLineHandler):
+            handler.max_lines = 1
         handler.flush()
 
 
