@@ -44,6 +44,12 @@ RETRY_AFTER_SECONDS = 5
 # --- limits ---------------------------------------------------------------------------------------------------
 #: Stripe events are a few KiB; 1 MiB leaves room for big snapshot events while bounding memory per request
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+#: webhook bodies being read at once may hold this much memory together; beyond it, 503 (Stripe retries)
+DEFAULT_MAX_BODY_BYTES_IN_FLIGHT = 64 * 1024 * 1024
+#: client connections one HTTP server keeps (fewer if the descriptor limit is lower)
+DEFAULT_MAX_CONNECTIONS = 1000
+#: a client must send a whole request head within this many seconds of connecting (slow-loris bound)
+DEFAULT_HEAD_TIMEOUT_S = 10.0
 #: Stripe's own libraries use 300 s; we also reject timestamps this far in the future
 DEFAULT_SIGNATURE_TOLERANCE_S = 300
 #: a publish that has not been acknowledged by then is answered 503 so Stripe retries

@@ -76,6 +76,13 @@ def _parse_number(variable: str, raw: str, kind: type[int] | type[float], minimu
     return value
 
 
+def _parse_port(variable: str, raw: str) -> int:
+    port = int(_parse_number(variable, raw, int, 0))
+    if port > 65535:
+        raise ConfigError(variable, "must be at most 65535")
+    return port
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the processor can be told; defaults are the embedded default."""
@@ -96,6 +103,11 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = c.DEFAULT_MAX_BODY_BYTES
+    max_body_bytes_in_flight: int = c.DEFAULT_MAX_BODY_BYTES_IN_FLIGHT
+    max_connections: int = c.DEFAULT_MAX_CONNECTIONS
+    head_timeout_s: float = c.DEFAULT_HEAD_TIMEOUT_S
+    #: serve /metrics on this port only (not on the public one); None = on the public port
+    metrics_port: int | None = None
     signature_tolerance_s: int = c.DEFAULT_SIGNATURE_TOLERANCE_S
     publish_timeout_s: float = c.DEFAULT_PUBLISH_TIMEOUT_S
     log_level: str = "INFO"
@@ -144,12 +156,18 @@ class Settings:
         if raw := get("PROCESSOR_HOST"):
             kwargs["host"] = raw
         if raw := get("PROCESSOR_PORT"):
-            port = int(_parse_number("PROCESSOR_PORT", raw, int, 0))
-            if port > 65535:
-                raise ConfigError("PROCESSOR_PORT", "must be at most 65535")
-            kwargs["port"] = port
+            kwargs["port"] = _parse_port("PROCESSOR_PORT", raw)
         if raw := get("PROCESSOR_MAX_BODY_BYTES"):
             kwargs["max_body_bytes"] = int(_parse_number("PROCESSOR_MAX_BODY_BYTES", raw, int, 1))
+        if raw := get("PROCESSOR_MAX_BODY_BYTES_IN_FLIGHT"):
+            kwargs["max_body_bytes_in_flight"] = int(
+                _parse_number("PROCESSOR_MAX_BODY_BYTES_IN_FLIGHT", raw, int, c.DEFAULT_MAX_BODY_BYTES))
+        if raw := get("PROCESSOR_MAX_CONNECTIONS"):
+            kwargs["max_connections"] = int(_parse_number("PROCESSOR_MAX_CONNECTIONS", raw, int, 1))
+        if raw := get("PROCESSOR_HEAD_TIMEOUT"):
+            kwargs["head_timeout_s"] = _parse_number("PROCESSOR_HEAD_TIMEOUT", raw, float, 0.1)
+        if raw := get("PROCESSOR_METRICS_PORT"):
+            kwargs["metrics_port"] = _parse_port("PROCESSOR_METRICS_PORT", raw)
         if raw := get("STRIPE_WEBHOOK_TOLERANCE"):
             kwargs["signature_tolerance_s"] = int(_parse_number("STRIPE_WEBHOOK_TOLERANCE", raw, int, 1))
         if raw := get("PROCESSOR_PUBLISH_TIMEOUT"):

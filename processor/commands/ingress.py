@@ -10,13 +10,14 @@ import argparse
 import os
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.applications import Starlette
 
 from processor.errors import ConfigError
+from processor.httplimits import LimitedHttpProtocol
 from processor.ingress import build_app, jsonlog
-from processor.serving import freeze_startup_heap
+from processor.serving import freeze_startup_heap, http_limits
 from processor.settings import Settings
 
 #: Kubernetes waits 30 s after SIGTERM before SIGKILL; finish in-flight deliveries well before that
@@ -37,13 +38,31 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
+class WorkerHttpProtocol(LimitedHttpProtocol):
+    """The HTTP protocol of a worker process, importable by name (uvicorn passes it to spawned workers as a
+    string); `create_app` gives it the limits from the worker's settings before the first connection."""
+
+    waiting: ClassVar[dict[LimitedHttpProtocol, None]] = {}
+
+
 def create_app() -> Starlette:
     """The app of one worker process (uvicorn factory): settings from the environment, log opened at start."""
     settings = Settings.from_env()
     jsonlog.configure(settings.log_level)
+    WorkerHttpProtocol.limits = http_limits(settings)
     app = build_app(settings)
     freeze_startup_heap()
     return app
+
+
+def _serve_metrics(host: str, port: int) -> None:
+    """/metrics of every worker on `port`, from this (parent) process, in a thread of prometheus_client's."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    start_http_server(port, addr=host, registry=registry)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,14 +76,19 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--workers", "must be at least 1")
     jsonlog.configure(settings.log_level)
     metrics_dir = None
-    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    separate_metrics = settings.metrics_port is not None
+    if (args.workers > 1 or separate_metrics) and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # workers inherit this before importing prometheus_client, so /metrics sums all of them
         metrics_dir = tempfile.mkdtemp(prefix="processor-ingress-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
+        if settings.metrics_port is not None:
+            _serve_metrics(settings.host, settings.metrics_port)
         uvicorn.run(
             "processor.commands.ingress:create_app",
             factory=True,
+            http="processor.commands.ingress:WorkerHttpProtocol",
+            ws="none",
             host=args.host or settings.host,
             port=settings.port if args.port is None else args.port,
             workers=args.workers,
