@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -23,12 +24,15 @@ from starlette.routing import BaseRoute, Route
 from processor import constants as c
 from processor import localsecrets
 from processor.api.app import build_api_routes
+from processor.api.edge import EdgeGuard
 from processor.database import Database, stop_embedded_server
 from processor.eventlog import open_event_log
 from processor.eventlog.base import EventLog
 from processor.ingress.app import build_app as build_ingress_app
+from processor.ingress.metrics import IngressMetrics
 from processor.operations.http import ops_routes
 from processor.operations.reconcile import run_reconciler
+from processor.serving import http_limits, server_config
 from processor.settings import Secret, Settings
 from processor.stripe_client import StripeApi
 from processor.topicadmin import ensure_topics as ensure_kafka_topics
@@ -117,21 +121,36 @@ async def _ensure_topics(settings: Settings, event_log: EventLog) -> None:
 def build_http_app(settings: Settings, event_log: EventLog, db: Database, stripe_api: StripeApi,
                    worker_metrics: WorkerMetrics | None = None) -> Starlette:
     """One app serving the webhook ingress, the sandbox API and the operator API; /metrics shows the ingress's
-    metrics and, given `worker_metrics`, the consumer's and relay's (lag, outbox) too."""
+    metrics and, given `worker_metrics`, the consumer's and relay's (lag, outbox) too. With
+    PROCESSOR_METRICS_PORT, /metrics is left out: `build_metrics_app` serves it on its own."""
     ingress_app = build_ingress_app(settings, event_log)
-    routes: list[BaseRoute] = list(ingress_app.routes)
-    if worker_metrics is not None:
-        ingress_metrics = ingress_app.state.ingress.metrics
-
-        async def metrics(request: Request) -> Response:
-            body = ingress_metrics.exposition() + worker_metrics.exposition()
-            return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
-
-        routes = [r for r in routes if getattr(r, "path", None) != "/metrics"]
-        routes.append(Route("/metrics", metrics, methods=["GET"]))
+    metrics = _metrics_route(ingress_app.state.ingress.metrics, worker_metrics)
+    routes: list[BaseRoute] = [r for r in ingress_app.routes if getattr(r, "path", None) != "/metrics"]
+    if settings.metrics_port is None:
+        routes.append(metrics)
     routes += build_api_routes(settings, db, stripe_api)
     routes += ops_routes(settings, event_log, db, stripe_api)
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes, middleware=[Middleware(EdgeGuard)])
+    app.state.metrics_route = metrics
+    return app
+
+
+def _metrics_route(ingress_metrics: IngressMetrics, worker_metrics: WorkerMetrics | None) -> Route:
+    async def metrics(request: Request) -> Response:
+        body = ingress_metrics.exposition() + (worker_metrics.exposition() if worker_metrics else b"")
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return Route("/metrics", metrics, methods=["GET"])
+
+
+def build_metrics_app(http_app: Starlette) -> Starlette:
+    """GET /metrics of `http_app` alone, for PROCESSOR_METRICS_PORT."""
+    return Starlette(routes=[http_app.state.metrics_route])
+
+
+async def _stop_server(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+    server.should_exit = True
+    await asyncio.gather(task, return_exceptions=True)
 
 
 #: how often `processor run` looks for sandboxes whose webhooks went missing (one replica at a time)
@@ -162,11 +181,19 @@ async def run_service(settings: Settings, stop: asyncio.Event, *, emulator_port:
         stripe_api = await stack.enter_async_context(StripeApi(settings))
 
         worker_metrics = WorkerMetrics()
-        server = uvicorn.Server(uvicorn.Config(
-            build_http_app(settings, event_log, db, stripe_api, worker_metrics), host=settings.host,
-            port=settings.port,
+        http_app = build_http_app(settings, event_log, db, stripe_api, worker_metrics)
+        limits = http_limits(settings)
+        server = uvicorn.Server(server_config(
+            http_app, host=settings.host, port=settings.port, limits=limits,
             log_level="warning", lifespan="on", timeout_graceful_shutdown=10,
         ))
+        if settings.metrics_port is not None:
+            metrics_server = uvicorn.Server(server_config(
+                build_metrics_app(http_app), host=settings.host, port=settings.metrics_port, limits=limits,
+                log_level="warning", lifespan="off",
+            ))
+            metrics_task = asyncio.create_task(metrics_server.serve(), name="metrics http")
+            stack.push_async_callback(_stop_server, metrics_server, metrics_task)
         worker_stop = asyncio.Event()
         worker = asyncio.create_task(
             run_worker(settings, event_log, db, worker_stop, WorkerOptions(), worker_metrics), name="worker")

@@ -4,7 +4,8 @@ Answers (ARCHITECTURE §4): 200 only after `log.publish` returned; 400 for a mis
 non-matching signature, a timestamp outside the tolerance (past or future), a body that is not a JSON event;
 408 when the body does not arrive within the read deadline (a slow-loris client holds no worker for long;
 Stripe treats 408 like any failure and retries); 413 over the body limit; 503 with Retry-After when the log
-is unavailable or too slow. Error bodies are `{"error": "<reason code>"}` and never echo input or secrets.
+is unavailable or too slow, or when the bodies being read at once already hold their memory budget.
+Error bodies are `{"error": "<reason code>"}` and never echo input or secrets.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ BAD_LENGTH = "invalid_content_length"
 DISCONNECTED = "client_disconnected"
 PUBLISH_TIMEOUT = "publish_timeout"
 LOG_UNAVAILABLE = "log_unavailable"
+BODIES_BUSY = "too_many_bodies_in_flight"
+DUPLICATE_SIGNATURE = "duplicate_signature"
 
 _logger = logging.getLogger("processor.ingress")
 _JSON = "application/json"
@@ -119,6 +122,8 @@ class Ingress:
         self.metrics = IngressMetrics()
         self.body_timeout_s = body_timeout_s
         self.deadlines = Deadlines()
+        #: bytes held by the bodies being read right now, across all connections
+        self.bytes_in_flight = 0
 
     async def _read_body(self, receive: Receive, declared: bytes | None) -> bytes:
         """The body, refusing more than the limit while reading (the caller bounds the time)."""
@@ -126,21 +131,33 @@ class Ingress:
         if declared is not None:
             if not declared.isdigit():
                 raise _Rejected(400, BAD_LENGTH, close=True)
-            if int(declared) > limit:
+            # compared as text first: int() refuses more than 4,300 digits, and leading zeros are valid
+            digits = declared.lstrip(b"0")
+            if len(digits) > len(str(limit)) or int(digits or b"0") > limit:
                 raise _Rejected(413, TOO_LARGE)
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # http.disconnect
-                raise _Rejected(400, DISCONNECTED, close=True)
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:  # chunked or lying about its length
-                raise _Rejected(413, TOO_LARGE)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":  # http.disconnect
+                    raise _Rejected(400, DISCONNECTED, close=True)
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:  # chunked or lying about its length
+                    raise _Rejected(413, TOO_LARGE)
+                self._hold(len(chunk))
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        finally:
+            self.bytes_in_flight -= sum(map(len, chunks))
+
+    def _hold(self, size: int) -> None:
+        """Count `size` more body bytes in memory, or refuse the delivery if the budget would be exceeded."""
+        if self.bytes_in_flight + size > self.settings.max_body_bytes_in_flight:
+            raise _Rejected(503, BODIES_BUSY, close=True)
+        self.bytes_in_flight += size
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST /webhooks/stripe, as a plain ASGI app without a Request and a Response wrapped around every
@@ -156,6 +173,8 @@ class Ingress:
             signature = declared = None
             for name, value in scope["headers"]:  # lower-cased by the server
                 if name == b"stripe-signature":
+                    if signature is not None:  # which one counts would be a guess: refuse, as for a bad one
+                        raise _Rejected(400, DUPLICATE_SIGNATURE)
                     signature = value.decode("latin-1")
                 elif name == b"content-length":
                     declared = value
@@ -273,6 +292,12 @@ def build_app(
         Route(WEBHOOK_PATH, ingress, methods=["POST"]),
         Route("/healthz", ingress.healthz, methods=["GET"]),
         Route("/readyz", ingress.readyz, methods=["GET"]),
-        Route("/metrics", ingress.metrics_endpoint, methods=["GET"]),
     ]
+    if settings.metrics_port is None:  # else served on its own port by whoever runs the app
+        routes.append(metrics_route(ingress))
     return IngressApp(ingress, routes=routes, lifespan=lifespan)
+
+
+def metrics_route(ingress: Ingress) -> Route:
+    """GET /metrics of `ingress`, for the public app or an app of its own on PROCESSOR_METRICS_PORT."""
+    return Route("/metrics", ingress.metrics_endpoint, methods=["GET"])

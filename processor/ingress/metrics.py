@@ -11,8 +11,15 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from processor.inbound import ACCOUNT_TYPES, EXPIRING, OBSERVATION_TYPES
+
 #: label value for deliveries rejected before their event type was known
 UNKNOWN_TYPE = "unknown"
+#: label value for every event type outside LABELLED_TYPES: the type comes from the (signed) body, and a
+#: label per sender-chosen string would let anyone holding the secret grow the exposition without bound
+OTHER_TYPE = "other"
+#: the event types the consumer acts on, each with a series of its own
+LABELLED_TYPES = frozenset(OBSERVATION_TYPES | ACCOUNT_TYPES | {EXPIRING})
 
 #: webhook answers should take milliseconds; the top buckets catch a slow log up to the publish timeout
 LATENCY_BUCKETS = (
@@ -56,7 +63,8 @@ class IngressMetrics:
 
     def observe(self, outcome: str, event_type: str | None, seconds: float, size: int) -> None:
         """Record one answered delivery (in multiprocess mode it lands in this worker's files at once)."""
-        self.deliveries.labels(outcome, event_type or UNKNOWN_TYPE).inc()
+        label = UNKNOWN_TYPE if event_type is None else event_type if event_type in LABELLED_TYPES else OTHER_TYPE
+        self.deliveries.labels(outcome, label).inc()
         self.latency.observe(seconds)
         self.bytes.inc(size)
 
