@@ -47,6 +47,10 @@ def _guarded(handler: Endpoint) -> Endpoint:
         except StripeError as exc:
             return stripe_failure(exc)
         except _DATABASE_ERRORS as exc:
+            # a value the database refused (asyncpg's client-side DataError is a ValueError, the server's a
+            # DataError): the caller's to fix, not an outage
+            if isinstance(exc, asyncpg.DataError | ValueError):
+                return error(400, "invalid_value", "A value in the request is not valid.")
             return database_failure(exc)
         except Exception:
             log.exception("unexpected error in %s %s", request.method, request.url.path)

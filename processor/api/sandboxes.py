@@ -205,7 +205,9 @@ class SandboxEndpoints:
             except ValueError:
                 return error(400, "invalid_state", f"state must be one of {', '.join(State)}.", param="state")
         raw_limit = query.get("limit", str(DEFAULT_PAGE))
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+        # isascii: str.isdigit() also accepts digits int() refuses ("²"); len: int() refuses 4,301+ digits
+        digits = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 6
+        if not digits or not 1 <= int(raw_limit) <= MAX_PAGE:
             return error(400, "invalid_limit", f"limit must be an integer from 1 to {MAX_PAGE}.", param="limit")
         after = None
         if cursor := query.get("cursor"):

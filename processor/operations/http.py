@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -46,8 +47,11 @@ def _guard(auth: BearerAuth, handler: Endpoint) -> Endpoint:
             return unauthorized()
         try:
             return await handler(request)
-        except (BadRequest, ValueError) as exc:
+        except (BadRequest, ValueError, OverflowError) as exc:  # OverflowError: a number beyond what it names
             return error(400, "bad_request", str(exc))
+        except asyncpg.DataError as exc:
+            # the database refused a value it was given (a partition beyond int32, text it cannot encode)
+            return error(400, "bad_request", f"a value is not valid: {type(exc).__name__}")
         except ProcessorError as exc:
             status = 409 if exc.code == "replay_in_progress" else 503 if exc.retriable else 500
             return error(status, exc.code, str(exc))
