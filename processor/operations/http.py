@@ -27,7 +27,7 @@ from processor.operations import dlq as dlq_ops
 from processor.operations.event_lookup import DEFAULT_PAGE, list_processed, show_event, unmatched_account_events
 from processor.operations.inspect import DEFAULT_LAST, list_sandboxes, show_sandbox
 from processor.operations.reconcile import DEFAULT_AGE, reconcile
-from processor.operations.replay import SOURCES, ReplayRequest, parse_offsets, replay
+from processor.operations.replay import SOURCES, OffsetRange, ReplayRequest, parse_offsets, replay
 from processor.operations.status import read_status
 from processor.operations.timespec import parse_duration
 from processor.settings import Settings
@@ -99,6 +99,17 @@ def _limit(data: dict[str, Any] | Any, default: int) -> int:
     return value
 
 
+#: partitions are int32 and offsets int64 in the log (Kafka's types); larger numbers name nothing
+_MAX_PARTITION, _MAX_OFFSET = 2**31 - 1, 2**63 - 1
+
+
+def _bounded(ranges: tuple[OffsetRange, ...]) -> tuple[OffsetRange, ...]:
+    for r in ranges:
+        if r.partition > _MAX_PARTITION or max(r.start, r.end or 0) > _MAX_OFFSET:
+            raise BadRequest(f"partition {r.partition} or offsets beyond what a log holds")
+    return ranges
+
+
 def _dlq_filter(data: dict[str, Any] | Any) -> dlq_ops.DlqFilter:
     return dlq_ops.DlqFilter(_text(data, "error_class"), _text(data, "event_type"), _text(data, "sandbox_id"))
 
@@ -118,7 +129,7 @@ def ops_routes(settings: Settings, log_: EventLog, db: Database, stripe: StripeA
             dlq=_dlq_filter(body),
             since=_text(body, "since"),
             until=_text(body, "until"),
-            offsets=parse_offsets(offsets) if offsets else (),
+            offsets=_bounded(parse_offsets(offsets)) if offsets else (),
             sandbox_id=_text(body, "sandbox_id") if source == "sandbox" else None,
         )
         if source == "sandbox":  # the sandbox is the source here, not a DLQ filter
