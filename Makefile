@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SDK_VENV := .venv-sdkpreview
 SDK_STAMP := $(SDK_VENV)/.installed
 
-.PHONY: demo test lint typecheck venv sdk-preview kafka-jars bench clean
+.PHONY: demo test lint typecheck venv sdk-preview kafka-jars bench fuzz clean
 
 ## demo: set up and run the main job on the embedded default (no Kafka, private PostgreSQL)
 demo: venv
@@ -46,6 +46,11 @@ typecheck: venv
 
 bench: venv kafka-jars
 	$(BIN)/python bench/log_throughput.py
+
+## fuzz: 1,000,000 mutated webhook requests (and API requests) against `processor run` (FUZZ_REQUESTS=N to change)
+FUZZ_REQUESTS ?= 1000000
+fuzz: venv
+	$(BIN)/python tests/fuzz/fuzzer.py --requests $(FUZZ_REQUESTS)
 
 clean:
 	rm -rf $(VENV) $(SDK_VENV) .cache var .mypy_cache .ruff_cache
