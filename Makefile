@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SDK_VENV := .venv-sdkpreview
 SDK_STAMP := $(SDK_VENV)/.installed
 
-.PHONY: demo test lint typecheck venv sdk-preview kafka-jars bench fuzz clean
+.PHONY: demo test lint typecheck venv constraints sdk-preview kafka-jars bench fuzz clean
 
 ## demo: set up and run the main job on the embedded default (no Kafka, private PostgreSQL)
 demo: venv
@@ -20,11 +20,19 @@ test: venv sdk-preview kafka-jars lint typecheck
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every dependency to the versions the suite passed on (the image uses it too)
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+## constraints: re-pin constraints.txt to what the venv holds now (after changing pyproject.toml's dependencies)
+constraints:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 sdk-preview: $(SDK_STAMP)
 
