@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from processor.kafka_outage import OutageCollector
+
 
 class WorkerMetrics:
     """Events by outcome, transitions, DLQ records, Stripe requests, consumer lag and relay progress."""
@@ -78,6 +80,9 @@ class WorkerMetrics:
             ["kind"],
             registry=self.registry,
         )
+
+        # the process's Kafka outage counts (processor.kafka_outage), shown with the worker's metrics
+        self.registry.register(OutageCollector())
 
     def observe_stripe(self, status: str) -> None:
         self.stripe_requests.labels(status=status).inc()

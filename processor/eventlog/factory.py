@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+from processor import kafka_outage
 from processor.database import Database
 from processor.eventlog.base import EventLog
 from processor.eventlog.kafka import KafkaEventLog
@@ -17,6 +18,7 @@ from processor.settings import Settings
 async def open_event_log(settings: Settings, database: Database | None = None) -> AsyncIterator[EventLog]:
     """A started event log; the embedded backend uses `database` (or opens its own, migrated)."""
     if not settings.embedded_log:
+        kafka_outage.install(settings.kafka_bootstrap_servers)  # an outage logs two lines, not thousands
         kafka = KafkaEventLog(settings.kafka_bootstrap_servers, security=settings.kafka_security)
         async with kafka:
             yield kafka

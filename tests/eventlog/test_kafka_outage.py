@@ -1,0 +1,82 @@
+"""A Kafka outage in a consumer's log: one line when the broker becomes unreachable, one when it is back, and
+the connection errors in between counted in the metrics instead of logged dozens of times a second."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from processor import constants as c
+from processor.devkafka import KafkaBroker
+from processor.eventlog import open_event_log
+from processor.eventlog.base import LogConsumer, Record
+from processor.kafka_outage import CONNECTION_ERRORS, TRACKER
+from processor.settings import Settings
+from processor.worker_metrics import WorkerMetrics
+
+
+async def _until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def _poll_forever(consumer: LogConsumer, received: list[Record]) -> None:
+    while True:
+        received.extend(await consumer.poll(timeout_s=0.5))
+
+
+def _counter(name: str) -> float:
+    for family in text_string_to_metric_families(WorkerMetrics().exposition().decode()):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    raise AssertionError(f"{name} is not exported")
+
+
+async def test_a_broker_outage_logs_two_lines_and_counts_the_errors(
+    private_kafka: KafkaBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Broker stopped under a polling consumer: many connection errors, one 'unreachable' line, none of
+    aiokafka's; broker started again: one 'reachable again' line, and the consumer receives new records."""
+    caplog.set_level(logging.INFO)
+    settings = Settings(kafka_bootstrap_servers=(private_kafka.bootstrap,), topic_prefix="outage.")
+    topic = settings.topic(c.TOPIC_EVENTS)
+    async with open_event_log(settings) as log_:
+        await log_.ensure_topics([topic], partitions=1)
+        consumer = log_.consumer("outage-group", [topic], session_timeout_s=30)
+        async with consumer:
+            received: list[Record] = []
+            poller = asyncio.create_task(_poll_forever(consumer, received))
+            try:
+                await log_.publish(topic, b"k", b"before")
+                await _until(lambda: len(received) == 1, 60, "the first record")
+                errors_before, outages_before = TRACKER.errors, TRACKER.outages
+                await asyncio.to_thread(private_kafka.stop)
+                await _until(lambda: TRACKER.errors >= errors_before + 20, 60, "connection errors during the outage")
+                assert TRACKER.down_since is not None
+                await asyncio.to_thread(private_kafka.start)
+                await _until(lambda: TRACKER.down_since is None, 60, "the broker reachable again")
+                await log_.publish(topic, b"k", b"after")
+                await _until(lambda: [r.value for r in received] == [b"before", b"after"], 60, "the record after")
+            finally:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+    spam = [r for r in caplog.records if r.name.startswith("aiokafka") and str(r.msg).startswith(CONNECTION_ERRORS)]
+    assert spam == []
+    ours = [r.getMessage() for r in caplog.records if r.name == "processor.kafka_outage"]
+    assert (
+        len(ours) == 2
+        and ours[0].startswith("Kafka is unreachable: ")
+        and ours[1].startswith("Kafka is reachable again after")
+    ), ours
+    assert TRACKER.outages == outages_before + 1
+    assert _counter("processor_kafka_connection_errors_total") == TRACKER.errors >= errors_before + 20
