@@ -27,8 +27,11 @@ from processor.errors import LogUnavailable
 from processor.eventlog.base import Headers, Published, TopicPartition
 from processor.eventlog.partitioner import partition_for
 
-#: most records one group-commit transaction writes (one caller's records are never split, however many)
+#: most records and bytes one group-commit transaction writes (one caller's records are never split, however
+#: many): after a stall, the backlog is committed in steps that each answer their callers soon, rather than
+#: in one big transaction that outlasts the callers' patience
 _MAX_BATCH = 2000
+_MAX_BATCH_BYTES = 4 * 1024 * 1024
 #: the client-side deadline of a write exceeds the server-side timeouts by this much, so that a blocked
 #: write normally ends by the server's clean rollback, and the client deadline only catches a silent server
 _CLIENT_GRACE_S = 1.0
@@ -76,6 +79,8 @@ class _Unit:
     records: Sequence[Outgoing]
     size: int
     future: asyncio.Future[list[Published]] = field(repr=False)
+    taken: bool = False  # by the writer, for the write in flight
+    abandoned: bool = False  # its caller gave up while it was queued: it holds nothing any more
 
 
 class LogWriter:
@@ -118,6 +123,7 @@ class LogWriter:
             await task
         self._fail(list(self._units), LogUnavailable("the PostgreSQL event log stopped before the write"))
         self._units.clear()
+        self._queued_records = self._queued_bytes = 0
 
     def healthy(self) -> bool:
         """False while the log cannot write: the last write failed, or the one in flight is stalled."""
@@ -147,8 +153,19 @@ class LogWriter:
         self._queued_records += len(unit.records)
         self._queued_bytes += unit.size
         self._units.append(unit)
+        unit.future.add_done_callback(lambda _: self._abandon(unit))
         self._drained.clear()
         self._wakeup.set()
+
+    def _abandon(self, unit: _Unit) -> None:
+        """A caller that gave up (the ingress answered 503) frees its share of the bounds and its bodies at
+        once, so a stalled log keeps room for callers that still wait rather than for ones nobody waits for."""
+        if unit.taken or unit.abandoned or not unit.future.cancelled():
+            return
+        unit.abandoned = True
+        self._queued_records -= len(unit.records)
+        self._queued_bytes -= unit.size
+        unit.records = ()
 
     async def _run(self) -> None:
         while True:
@@ -167,16 +184,20 @@ class LogWriter:
             await self._write_batch(self._take_batch())
 
     def _take_batch(self) -> list[_Unit]:
-        batch = [self._units.popleft()]
-        count = len(batch[0].records)
-        while self._units and count + len(self._units[0].records) <= _MAX_BATCH:
+        batch: list[_Unit] = []
+        count = size = 0
+        while self._units and (not batch or (count + len(self._units[0].records) <= _MAX_BATCH
+                                             and size + self._units[0].size <= _MAX_BATCH_BYTES)):
             unit = self._units.popleft()
-            batch.append(unit)
-            count += len(unit.records)
+            if not unit.abandoned:
+                unit.taken = True
+                batch.append(unit)
+                count += len(unit.records)
+                size += unit.size
         return batch
 
     async def _write_batch(self, batch: list[_Unit]) -> None:
-        live = [unit for unit in batch if not unit.future.done()]  # a caller that gave up does not block others
+        live = [unit for unit in batch if not unit.future.done()]  # nobody waits for the others
         try:
             if not live:
                 return

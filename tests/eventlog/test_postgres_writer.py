@@ -69,16 +69,18 @@ async def table_lock(pg_dsn: str) -> AsyncIterator[TableLock]:
 async def test_stalled_writer_refuses_beyond_its_byte_bound_is_unready_and_loses_nothing(
         database: Database, table_lock: TableLock) -> None:
     """While a lock blocks every append: publishes are held up to the byte bound and the next one fails at once
-    (the ingress answers 503), readiness is red; once the lock goes, readiness is green again and every publish
-    that was answered success is in the log exactly once."""
+    (the ingress answers 503), a caller that gives up frees its room, readiness is red; once the lock goes,
+    readiness is green again and every publish that was answered success is in the log exactly once."""
     limits = WriterLimits(max_queued_bytes=4 * (BODY_BYTES + 64), write_timeout_s=300, stalled_after_s=0.5)
     async with PostgresEventLog(database.pool, partitions=2, limits=limits) as log:
         await log.ensure_topics([TOPIC])
         await log.publish(TOPIC, b"warm-up", b"0")
         assert log.healthy()
         await table_lock.hold()
-        held = [asyncio.create_task(log.publish(TOPIC, f"k{n}".encode(), body(n))) for n in range(4)]
-        await wait_until(lambda: not log.healthy())
+        held = [asyncio.create_task(log.publish(TOPIC, b"k0", body(0)))]
+        await wait_until(lambda: not log.healthy())  # the write of body 0 waits for the lock
+        held += [asyncio.create_task(log.publish(TOPIC, f"k{n}".encode(), body(n))) for n in (1, 2, 3)]
+        await asyncio.sleep(0)  # they queue behind the stalled write
         assert not any(task.done() for task in held), "a publish finished while the log could not write"
 
         started = time.monotonic()
@@ -87,11 +89,19 @@ async def test_stalled_writer_refuses_beyond_its_byte_bound_is_unready_and_loses
         assert time.monotonic() - started < 5, "a publish over the bound waited instead of failing at once"
         assert not log.healthy()
 
+        gave_up = held.pop()  # body 3's caller gives up (the ingress's publish timeout), which frees its room
+        gave_up.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gave_up
+        held.append(asyncio.create_task(log.publish(TOPIC, b"k5", body(5))))
+        await asyncio.sleep(0)
+        assert not held[-1].done(), "a caller that gave up still held room in the writer"
+
         await table_lock.release()
         published = await asyncio.wait_for(asyncio.gather(*held), timeout=60)
         assert log.healthy()
         seen = collections.Counter(r.value[:8] for r in await all_records(log) if r.key != b"warm-up")
-        assert seen == {body(n)[:8]: 1 for n in range(4)}, "a publish answered success is missing or doubled"
+        assert seen == {body(n)[:8]: 1 for n in (0, 1, 2, 5)}, "a publish answered success is missing or doubled"
         assert len(published) == 4
 
 
