@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SDK_VENV := .venv-sdkpreview
 SDK_STAMP := $(SDK_VENV)/.installed
 
-.PHONY: demo test lint typecheck venv constraints sdk-preview kafka-jars bench fuzz clean
+.PHONY: demo test lint typecheck venv constraints sdk-preview kafka-jars bench fuzz chaos clean
 
 ## demo: set up and run the main job on the embedded default (no Kafka, private PostgreSQL)
 demo: venv
@@ -59,6 +59,10 @@ bench: venv kafka-jars
 FUZZ_REQUESTS ?= 1000000
 fuzz: venv
 	$(BIN)/python tests/fuzz/fuzzer.py --requests $(FUZZ_REQUESTS)
+
+## chaos: both chaos scenarios (embedded default, distributed) at N=1,000; a table each, exit 1 on any violation
+chaos: venv kafka-jars
+	$(BIN)/python bench/chaos.py --sandboxes $(or $(N),1000)
 
 clean:
 	rm -rf $(VENV) $(SDK_VENV) .cache var .mypy_cache .ruff_cache
