@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 import uvicorn
@@ -78,9 +78,24 @@ class _Backend:
     emulator_token: str | None = dataclasses.field(default=None, repr=False)
 
 
+@dataclass(frozen=True, slots=True)
+class EmulatorOptions:
+    """How `processor run` starts its bundled emulator (used when STRIPE_API_KEY is unset)."""
+
+    port: int = 0
+    #: knobs set at start (emulator/config.py `Knobs`: duplicate_rate, delivery_enabled, ...)
+    knobs: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    #: keep Stripe's side (sandboxes, events) in EMULATOR_STATE_FILE under the data directory across restarts
+    keep_state: bool = False
+
+
+#: the bundled emulator's state under the data directory (with EmulatorOptions.keep_state)
+EMULATOR_STATE_FILE = "emulator-state.json"
+
+
 @contextlib.asynccontextmanager
 async def _stripe_backend(settings: Settings, local: localsecrets.LocalSecrets,
-                          emulator_port: int) -> AsyncIterator[_Backend]:
+                          emulator: EmulatorOptions) -> AsyncIterator[_Backend]:
     """Real Stripe when STRIPE_API_KEY is set; otherwise the bundled emulator, wired to our webhook URL."""
     if settings.stripe_api_key is not None:
         if not settings.stripe_webhook_secrets:
@@ -89,19 +104,23 @@ async def _stripe_backend(settings: Settings, local: localsecrets.LocalSecrets,
             raise ConfigError("STRIPE_WEBHOOK_SECRETS", "required when STRIPE_API_KEY is set")
         yield _Backend(settings)
         return
-    from processor.emulator.config import EmulatorConfig
+    from processor.emulator.config import EmulatorConfig, Knobs
     from processor.emulator.runner import running_emulator
 
     # one source for the pair: the emulator signs with the secret the ingress verifies with (the configured
     # one when STRIPE_WEBHOOK_SECRETS is set, else the generated one)
     webhook_secrets = settings.stripe_webhook_secrets or (local.webhook_secret,)
-    async with running_emulator(EmulatorConfig(port=emulator_port)) as emulator:
-        emulator.add_webhook_endpoint(f"{settings.public_url}/webhooks/stripe", webhook_secrets[0].reveal())
-        localsecrets.record(local.path, "emulator_token", emulator.control_token)
+    config = EmulatorConfig(
+        port=emulator.port, knobs=Knobs().updated(emulator.knobs),
+        state_file=settings.data_dir / EMULATOR_STATE_FILE if emulator.keep_state else None,
+    )
+    async with running_emulator(config) as running:
+        running.add_webhook_endpoint(f"{settings.public_url}/webhooks/stripe", webhook_secrets[0].reveal())
+        localsecrets.record(local.path, "emulator_token", running.control_token)
         yield _Backend(dataclasses.replace(
-            settings, stripe_api_key=Secret(emulator.api_key), stripe_api_base=emulator.base_url,
+            settings, stripe_api_key=Secret(running.api_key), stripe_api_base=running.base_url,
             stripe_webhook_secrets=webhook_secrets,
-        ), emulator.base_url, emulator.control_token)
+        ), running.base_url, running.control_token)
 
 
 async def _ensure_topics(settings: Settings, event_log: EventLog) -> None:
@@ -159,7 +178,8 @@ DEFAULT_RECONCILE_INTERVAL_S = 600.0
 
 async def run_service(settings: Settings, stop: asyncio.Event, *, emulator_port: int = 0,
                       reconcile_interval_s: float = DEFAULT_RECONCILE_INTERVAL_S,
-                      on_ready: Callable[[ServiceInfo], None] | None = None) -> None:
+                      on_ready: Callable[[ServiceInfo], None] | None = None,
+                      emulator: EmulatorOptions | None = None) -> None:
     """Run everything until `stop` is set (Ctrl-C/SIGTERM in the CLI); then stop in reverse order."""
     local = localsecrets.load_or_create(settings.data_dir)
     settings = dataclasses.replace(
@@ -168,7 +188,8 @@ async def run_service(settings: Settings, stop: asyncio.Event, *, emulator_port:
         api_tokens=settings.api_tokens or (local.api_token,),
     )
     async with contextlib.AsyncExitStack() as stack:
-        backend = await stack.enter_async_context(_stripe_backend(settings, local, emulator_port))
+        backend = await stack.enter_async_context(_stripe_backend(
+            settings, local, emulator or EmulatorOptions(port=emulator_port)))
         settings, emulator_url = backend.settings, backend.emulator_url
         db = Database(settings)
         await db.start(upgrade=True)

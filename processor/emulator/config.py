@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from processor.emulator import ids
@@ -150,6 +151,10 @@ class EmulatorConfig:
     tick_interval_s: float = 1.0
     #: concurrent webhook requests in flight
     delivery_concurrency: int = 16
+    #: keep sandboxes and events in this JSON file: loaded at start, written every `snapshot_interval_s` and
+    #: at stop (None: the emulator starts empty and forgets everything when it stops)
+    state_file: Path | None = None
+    snapshot_interval_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.api_keys:

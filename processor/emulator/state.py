@@ -8,6 +8,7 @@ import logging
 import random
 from datetime import timedelta
 
+from processor.emulator import snapshot
 from processor.emulator.clock import Clock
 from processor.emulator.config import IDEMPOTENCY_WINDOW_HOURS, EmulatorConfig, Knobs
 from processor.emulator.faults import Faults
@@ -34,8 +35,16 @@ class EmulatorState:
         )
         self.faults = Faults(lambda: self.knobs, self.rng)
         self._ticker: asyncio.Task[None] | None = None
+        self._saver: asyncio.Task[None] | None = None
         for spec in config.endpoints:
             self.deliverer.add_endpoint(spec.url, spec.secret)
+        if config.state_file is not None and snapshot.restore(self, config.state_file):
+            logger.info(
+                "emulator state loaded from %s: %d sandboxes, %d events",
+                config.state_file,
+                len(self.store.sandboxes),
+                len(self.store.events),
+            )
 
     def add_webhook_endpoint(
         self, url: str, secret: str | None = None, enabled_events: frozenset[str] = frozenset()
@@ -61,15 +70,37 @@ class EmulatorState:
         await self.deliverer.start()
         if self._ticker is None:
             self._ticker = asyncio.get_running_loop().create_task(self._tick_forever(), name="emulator clock")
+        if self.config.state_file is not None and self._saver is None:
+            self._saver = asyncio.get_running_loop().create_task(self._save_forever(), name="emulator snapshots")
 
     async def stop(self) -> None:
-        """Stop the ticker and in-flight deliveries; safe to call twice."""
+        """Stop the ticker and in-flight deliveries, and write the state file if there is one; safe to call
+        twice."""
+        if self._saver is not None:
+            self._saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._saver
+            self._saver = None
+            self.save()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
             self._ticker = None
         await self.deliverer.stop()
+
+    def save(self) -> None:
+        """Write the state file now (no-op without one)."""
+        if self.config.state_file is not None:
+            snapshot.save(self, self.config.state_file)
+
+    async def _save_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.snapshot_interval_s)
+            try:
+                self.save()
+            except OSError:  # a full disk must not stop the emulator; the next snapshot tries again
+                logger.exception("emulator snapshot failed")
 
     async def _tick_forever(self) -> None:
         while True:
