@@ -26,7 +26,7 @@ from processor import constants as c
 from processor.applier import Applier, Observation
 from processor.database import Database
 from processor.dlq import dlq_record
-from processor.errors import CommitRejected, PoisonEvent, ProcessorError, StripeError
+from processor.errors import CommitRejected, LogUnavailable, PoisonEvent, ProcessorError, StripeError
 from processor.eventlog.base import EventLog, LogConsumer, Record, TopicPartition
 from processor.inbound import Action, Inbound, MalformedEvent, parse
 from processor.lifecycle import State, observed_state
@@ -147,13 +147,58 @@ class LifecycleConsumer:
         #: monotonic time the loop last made progress (liveness)
         self.last_beat = time.monotonic()
         self.batches = 0
+        #: when the current outage of the event log began (None while connected), and failed joins since
+        self._outage_since: float | None = None
+        self._outage_attempts = 0
 
     def alive(self, within_s: float = 120.0) -> bool:
         """True while the loop is turning (a stuck loop fails /healthz and gets restarted)."""
         return time.monotonic() - self.last_beat < within_s
 
+    def connected(self) -> bool:
+        """True while this member reads the event log (readiness): false until it joined and during an outage."""
+        return self._consumer is not None and self._outage_since is None
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until `stop` is set; then finish the batches in hand, commit, and leave the group."""
+        """Consume until `stop` is set; then finish the batches in hand, commit, and leave the group.
+
+        When the event log fails under the member (a poll, a commit, a heartbeat: `LogUnavailable`), it leaves
+        and joins again with backoff until the log answers, and goes on from the last commit; what was applied
+        but not committed comes back as duplicates. Any other error ends the consumer and is raised."""
+        while not stop.is_set():
+            try:
+                await self._member(stop)
+            except LogUnavailable as exc:
+                self._lost_log(exc)
+                self.last_beat = time.monotonic()  # waiting for the log is not a stuck loop
+                delay = backoff_delay(self._outage_attempts, self.options.retry_base_s, self.options.retry_max_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), max(delay, self.options.retry_base_s / 2))
+        log.info("lifecycle consumer stopped after %d batches", self.batches)
+
+    def _lost_log(self, error: LogUnavailable) -> None:
+        """Note a failed membership; logged once per outage, not once per attempt."""
+        # a new member starts from the group's commits: the old one's pauses and rewinds mean nothing to it
+        self._resume_at.clear()
+        self._attempts.clear()
+        self._committed.clear()
+        self._outage_attempts += 1
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            log.warning("lifecycle consumer lost the event log, joining again until it answers: %s", error)
+        else:
+            log.debug("event log still unavailable (attempt %d): %s", self._outage_attempts, error)
+
+    def _log_answered(self) -> None:
+        if self._outage_since is not None:
+            log.warning(
+                "lifecycle consumer reads the event log again after %.1fs (%d attempts)",
+                time.monotonic() - self._outage_since, self._outage_attempts,
+            )
+            self._outage_since, self._outage_attempts = None, 0
+
+    async def _member(self, stop: asyncio.Event) -> None:
+        """One membership of the group: join, consume until `stop` is set or the log fails, leave."""
         consumer = self.log.consumer(self.group, [self.topic])
         lag_task: asyncio.Task[None] | None = None
         async with consumer:
@@ -171,6 +216,7 @@ class LifecycleConsumer:
                     self.last_beat = time.monotonic()
                     self._resume_due(consumer)
                     records = await consumer.poll(self.options.batch_size, self.options.poll_timeout_s)
+                    self._log_answered()
                     rewinds_at_poll = self._rewinds.copy()
                     if not records:
                         if applying is not None and applying.done():
@@ -199,7 +245,6 @@ class LifecycleConsumer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await lag_task
                 self._consumer = None
-        log.info("lifecycle consumer stopped after %d batches", self.batches)
 
     # --- one batch -----------------------------------------------------------------------------------------
     async def _prepare_or_error(self, records: Sequence[Record], skip_ids: Collection[str]) -> _Batch | Exception:

@@ -18,7 +18,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from processor import constants as c
@@ -37,7 +37,7 @@ from processor.settings import Secret, Settings
 from processor.stripe_client import StripeApi
 from processor.topicadmin import ensure_topics as ensure_kafka_topics
 from processor.topics import TOPICS
-from processor.worker import WorkerOptions, run_worker
+from processor.worker import WorkerOptions, WorkerStatus, run_worker
 from processor.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -137,14 +137,36 @@ async def _ensure_topics(settings: Settings, event_log: EventLog) -> None:
             log.warning("topic %s differs from processor/topics.py: %s", outcome.name, drift)
 
 
+def _readiness(event_log: EventLog, worker: WorkerStatus) -> Route:
+    """/readyz of the whole process: the ingress's log and the worker (consumer, relay) running."""
+
+    async def readyz(request: Request) -> Response:
+        if not event_log.healthy():
+            reason = "the event log cannot be written"
+        elif not worker.ready():
+            reason = ("the worker stopped (see the log for why)" if any(t.done() for t in worker.tasks)
+                      else "the consumer is not reading the event log")
+        else:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "unavailable", "reason": reason}, 503,
+                            {"Retry-After": str(c.RETRY_AFTER_SECONDS)})
+
+    return Route("/readyz", readyz, methods=["GET"])
+
+
 def build_http_app(settings: Settings, event_log: EventLog, db: Database, stripe_api: StripeApi,
-                   worker_metrics: WorkerMetrics | None = None) -> Starlette:
+                   worker_metrics: WorkerMetrics | None = None,
+                   worker_status: WorkerStatus | None = None) -> Starlette:
     """One app serving the webhook ingress, the sandbox API and the operator API; /metrics shows the ingress's
     metrics and, given `worker_metrics`, the consumer's and relay's (lag, outbox) too. With
-    PROCESSOR_METRICS_PORT, /metrics is left out: `build_metrics_app` serves it on its own."""
+    PROCESSOR_METRICS_PORT, /metrics is left out: `build_metrics_app` serves it on its own. Given
+    `worker_status`, /readyz also turns red while the worker is not running or its consumer cannot read the log."""
     ingress_app = build_ingress_app(settings, event_log)
     metrics = _metrics_route(ingress_app.state.ingress.metrics, worker_metrics)
     routes: list[BaseRoute] = [r for r in ingress_app.routes if getattr(r, "path", None) != "/metrics"]
+    if worker_status is not None:
+        routes = [r for r in routes if getattr(r, "path", None) != "/readyz"]
+        routes.append(_readiness(event_log, worker_status))
     if settings.metrics_port is None:
         routes.append(metrics)
     routes += build_api_routes(settings, db, stripe_api)
@@ -201,8 +223,8 @@ async def run_service(settings: Settings, stop: asyncio.Event, *, emulator_port:
         await _ensure_topics(settings, event_log)
         stripe_api = await stack.enter_async_context(StripeApi(settings))
 
-        worker_metrics = WorkerMetrics()
-        http_app = build_http_app(settings, event_log, db, stripe_api, worker_metrics)
+        worker_metrics, worker_status = WorkerMetrics(), WorkerStatus()
+        http_app = build_http_app(settings, event_log, db, stripe_api, worker_metrics, worker_status)
         limits = http_limits(settings)
         server = uvicorn.Server(server_config(
             http_app, host=settings.host, port=settings.port, limits=limits,
@@ -217,7 +239,8 @@ async def run_service(settings: Settings, stop: asyncio.Event, *, emulator_port:
             stack.push_async_callback(_stop_server, metrics_server, metrics_task)
         worker_stop = asyncio.Event()
         worker = asyncio.create_task(
-            run_worker(settings, event_log, db, worker_stop, WorkerOptions(), worker_metrics), name="worker")
+            run_worker(settings, event_log, db, worker_stop, WorkerOptions(), worker_metrics, worker_status),
+            name="worker")
         reconciler: asyncio.Task[None] | None = None
         if reconcile_interval_s > 0:
             reconciler = asyncio.create_task(
@@ -241,7 +264,8 @@ async def run_service(settings: Settings, stop: asyncio.Event, *, emulator_port:
                 emulator_token=backend.emulator_token,
             ))
         stop_waiter = asyncio.create_task(stop.wait())
-        await asyncio.wait([stop_waiter, web, worker], return_when=asyncio.FIRST_COMPLETED)
+        # a worker that ended has said why and turned /readyz red; webhooks are still taken and kept in the log
+        await asyncio.wait([stop_waiter, web], return_when=asyncio.FIRST_COMPLETED)
         stop_waiter.cancel()
         # stop taking webhooks first (in-flight requests finish), then let the consumer finish its batch
         server.should_exit = True

@@ -38,6 +38,26 @@ class WorkerOptions:
     relay_batch: int = DEFAULT_BATCH
 
 
+@dataclass(slots=True)
+class WorkerStatus:
+    """What readiness needs to know of a worker: every part still running and the consumer reading the log."""
+
+    consumer: LifecycleConsumer | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def ready(self) -> bool:
+        return (bool(self.tasks) and all(not task.done() for task in self.tasks)
+                and (self.consumer is None or self.consumer.connected()))
+
+
+def _say_why(task: asyncio.Task[None]) -> None:
+    """Log what ended a part of the worker (the consumer and relay ride out outages of the log and database
+    themselves, so an error here is one they cannot go on from)."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("%s stopped and cannot go on: %s: %s", task.get_name(), type(error).__name__, error,
+                  exc_info=error)
+
+
 async def run_worker(
     settings: Settings,
     log_: EventLog,
@@ -45,10 +65,13 @@ async def run_worker(
     stop: asyncio.Event,
     options: WorkerOptions | None = None,
     metrics: WorkerMetrics | None = None,
+    status: WorkerStatus | None = None,
 ) -> None:
-    """Consumer and/or relay on an open log and database until `stop` is set."""
+    """Consumer and/or relay on an open log and database until `stop` is set; `status` (if given) is kept up
+    to date for a readiness check."""
     options = options or WorkerOptions()
     metrics = metrics or WorkerMetrics()
+    status = status if status is not None else WorkerStatus()
     signal_ = asyncio.Event()
     async with contextlib.AsyncExitStack() as stack:
         tasks: list[asyncio.Task[None]] = []
@@ -64,12 +87,15 @@ async def run_worker(
         if options.relay:
             relay = OutboxRelay(log_, db, metrics=metrics, wakeup=signal_, batch_size=options.relay_batch)
             tasks.append(asyncio.create_task(relay.run(relay_stop), name="outbox-relay"))
+        for task in tasks:
+            task.add_done_callback(_say_why)
+        status.consumer, status.tasks = consumer, tasks
 
         def alive() -> bool:
             return (consumer is None or consumer.alive()) and all(not t.done() for t in tasks)
 
         if options.health_port is not None:
-            health = HealthServer(alive, log_.healthy, metrics.exposition)
+            health = HealthServer(alive, lambda: log_.healthy() and status.ready(), metrics.exposition)
             await stack.enter_async_context(health.serving(options.health_host, options.health_port))
             log.info("worker health on http://%s:%d/healthz", options.health_host, health.port)
         gauges_stop = asyncio.Event()

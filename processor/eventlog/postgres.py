@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 
 import asyncpg
@@ -143,6 +143,16 @@ def _to_record(row: asyncpg.Record) -> Record:
     )
 
 
+@contextlib.contextmanager
+def _log_errors(what: str) -> Iterator[None]:
+    """A consumer's database errors as LogUnavailable: the member can leave and join again, as on Kafka."""
+    try:
+        yield
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+        # InternalClientError: a connection left mid-operation by a dropped session; the pool replaces it
+        raise LogUnavailable(f"PostgreSQL event log {what} failed: {exc}") from exc
+
+
 class PostgresLogConsumer:
     """One member of a consumer group on the PostgreSQL log."""
 
@@ -166,11 +176,12 @@ class PostgresLogConsumer:
     async def start(self) -> None:
         if self._started:
             return
-        async with self._log.pool.acquire() as conn:
-            for topic in self.topics:
-                await self._log._partition_count(conn, topic)  # subscribing creates missing topics
+        with _log_errors("join"):
+            async with self._log.pool.acquire() as conn:
+                for topic in self.topics:
+                    await self._log._partition_count(conn, topic)  # subscribing creates missing topics
+            await self._heartbeat_and_rebalance()
         self._started = True
-        await self._heartbeat_and_rebalance()
 
     async def stop(self) -> None:
         """Leave the group so the remaining members take over at once. Safe to call twice."""
@@ -282,7 +293,8 @@ class PostgresLogConsumer:
         sleep = _IDLE_SLEEP_S[0]
         while True:
             if time.monotonic() - self._last_heartbeat >= _HEARTBEAT_S:
-                await self._heartbeat_and_rebalance()
+                with _log_errors("heartbeat"):
+                    await self._heartbeat_and_rebalance()
             records = await self._fetch(max_records)
             if records:
                 return records
@@ -298,7 +310,7 @@ class PostgresLogConsumer:
             return []
         per_partition = max(1, max_records // len(active))
         generations = {tp: self._generations[tp] for tp in active}
-        try:
+        with _log_errors("read"):
             async with self._log.pool.acquire() as conn:
                 rows = await conn.fetch(
                     "SELECT r.* FROM unnest($1::text[], $2::int[], $3::bigint[]) AS p(topic, partition, pos)"
@@ -308,8 +320,6 @@ class PostgresLogConsumer:
                     [tp.topic for tp in active], [tp.partition for tp in active],
                     [self._positions.get(tp, 0) for tp in active], per_partition,
                 )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise LogUnavailable(f"PostgreSQL event log read failed: {exc}") from exc
         # A seek (a rewind after a retriable error, from the task finishing the previous batch), a pause or a
         # lost partition while the query ran wins over what it read: those records are dropped unread, and the
         # position stays where the seek put it, as Kafka's fetcher drops records whose position moved.
@@ -324,6 +334,10 @@ class PostgresLogConsumer:
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         if not offsets:
             return
+        with _log_errors("commit"):
+            await self._commit(offsets)
+
+    async def _commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         async with self._log.pool.acquire() as conn, conn.transaction():
             owned = {TopicPartition(r["topic"], r["partition"]) for r in await conn.fetch(
                 "SELECT topic, partition FROM log_partition_owners WHERE group_id = $1 AND member_id = $2"
@@ -339,10 +353,11 @@ class PostgresLogConsumer:
             )
 
     async def committed(self, tp: TopicPartition) -> int | None:
-        async with self._log.pool.acquire() as conn:
-            value = await conn.fetchval(
-                "SELECT committed FROM log_group_offsets WHERE group_id = $1 AND topic = $2 AND partition = $3",
-                self.group, tp.topic, tp.partition)
+        with _log_errors("read of a commit"):
+            async with self._log.pool.acquire() as conn:
+                value = await conn.fetchval(
+                    "SELECT committed FROM log_group_offsets WHERE group_id = $1 AND topic = $2 AND partition = $3",
+                    self.group, tp.topic, tp.partition)
         return None if value is None else int(value)
 
     async def offsets_for_time(self, timestamp_ms: int) -> dict[TopicPartition, int]:
