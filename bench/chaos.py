@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -28,18 +29,19 @@ from pathlib import Path
 import httpx
 from chaos_checks import Evidence, TopicRecord
 from chaos_rig import Proc, ProcessorView, processor_argv, start_emulator, wait_until
-from chaos_traffic import Traffic, base_env, deaths, free_port, report, settle, stop_all
+from chaos_traffic import RunOptions, Traffic, base_env, deaths, free_port, report, settle, stop_all
 
 WEBHOOK_SECRET = "whsec_chaos_" + "0" * 24
 TOPICS = ("sandbox.transitions", "sandbox.state")
 
 
 # --- embedded default ------------------------------------------------------------------------------------------
-def embedded(count: int, seed: int, workdir: Path, min_duration_s: float) -> bool:
+def embedded(opts: RunOptions, workdir: Path) -> bool:
+    count, seed = opts.sandboxes, opts.seed
     port, emu_port = free_port(), free_port()
     token = "chaos-token-" + os.urandom(8).hex()
     emulator = start_emulator(workdir, emu_port, f"http://127.0.0.1:{port}/webhooks/stripe", WEBHOOK_SECRET, seed,
-                              0.15, base_env())
+                              opts.api_error_rate, base_env())
     env = base_env() | {
         "STRIPE_API_KEY": emulator.api_key, "STRIPE_API_BASE": emulator.base_url,
         "STRIPE_WEBHOOK_SECRETS": WEBHOOK_SECRET, "PROCESSOR_API_TOKENS": token, "PROCESSOR_STRIPE_MAX_RPS": "100",
@@ -76,7 +78,7 @@ def embedded(count: int, seed: int, workdir: Path, min_duration_s: float) -> boo
     found: list[str] = []
     try:
         start()
-        traffic = Traffic(count, seed, emulator, create, min_duration_s)
+        traffic = Traffic(count, seed, emulator, create, opts.min_duration_s)
         fired: list[str] = []
         traffic.run([(m, f"SIGKILL processor run ({n})", crash) for n, m in enumerate((0.25, 0.5, 0.75), 1)], fired)
         view = ProcessorView(env, api)
@@ -129,8 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=15)
     parser.add_argument("--min-duration", type=float, default=60.0, metavar="SECONDS",
                         help="spread the sandboxes' creation over at least this long (default 60)")
+    parser.add_argument("--api-error-rate", type=float, default=0.15,
+                        help="share of Stripe API requests failing with 429/500 (default 0.15)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data) afterwards")
     args = parser.parse_args(argv)
+    # SIGTERM (a CI timeout) unwinds like Ctrl-C, so every process and server the suite started is stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from chaos_distributed import distributed
 
     ok = True
@@ -141,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chaos {name}: N={args.sandboxes}, seed {args.seed}, work dir {workdir}", flush=True)
         passed = False
         try:
-            passed = scenario(args.sandboxes, args.seed, workdir, args.min_duration)
+            passed = scenario(RunOptions(args.sandboxes, args.seed, args.min_duration, args.api_error_rate), workdir)
         finally:
             if passed and not args.keep:
                 shutil.rmtree(workdir, ignore_errors=True)

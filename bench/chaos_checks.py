@@ -43,7 +43,7 @@ class Evidence:
     transitions: Sequence[TopicRecord]
     snapshots: Sequence[TopicRecord]
     deaths: list[str]
-    quiescence_s: float
+    quiescence_s: float | None  # None: not quiescent within the suite's limits
     faults: list[str] = field(default_factory=list)
 
 
@@ -88,7 +88,10 @@ def judge(ev: Evidence) -> Verdict:
     verdict.add("unplanned process deaths", len(ev.deaths), not ev.deaths)
     verdict.examples += [f"death: {d}" for d in ev.deaths]
     verdict.add("faults injected", len(ev.faults))
-    verdict.add("time to quiescence (s)", f"{ev.quiescence_s:.1f}")
+    if ev.quiescence_s is None:
+        verdict.add("time to quiescence (s)", "never", False)
+    else:
+        verdict.add("time to quiescence (s)", f"{ev.quiescence_s:.1f}")
     return verdict
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from chaos_checks import Evidence, TopicRecord
 from chaos_rig import Proc, ProcessorView, processor_argv, run_cli, start_emulator, wait_until
-from chaos_traffic import Traffic, base_env, deaths, free_port, report, settle, stop_all
+from chaos_traffic import RunOptions, Traffic, base_env, deaths, free_port, report, settle, stop_all
 
 from processor.devkafka import KafkaBroker
 
@@ -39,13 +39,14 @@ class Postgres:
         self.server.cleanup()
 
 
-def distributed(count: int, seed: int, workdir: Path, min_duration_s: float) -> bool:
+def distributed(opts: RunOptions, workdir: Path) -> bool:
+    count, seed = opts.sandboxes, opts.seed
     broker = KafkaBroker(workdir / "kafka")
     broker.start()
     postgres = Postgres(workdir / "pgdata")
     ingress_port, emu_port = free_port(), free_port()
     emulator = start_emulator(workdir, emu_port, f"http://127.0.0.1:{ingress_port}/webhooks/stripe",
-                              WEBHOOK_SECRET, seed, 0.15, base_env())
+                              WEBHOOK_SECRET, seed, opts.api_error_rate, base_env())
     env = base_env() | {
         "PROCESSOR_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "PROCESSOR_DATABASE_URL": postgres.dsn,
         "PROCESSOR_TOPIC_PREFIX": PREFIX, "STRIPE_API_KEY": emulator.api_key, "STRIPE_API_BASE": emulator.base_url,
@@ -66,9 +67,9 @@ def distributed(count: int, seed: int, workdir: Path, min_duration_s: float) -> 
         procs += [ingress, *consumers, relay, extra]
         wait_until(lambda: _ready(ingress_port), 120, "processor ingress")
         traffic = Traffic(count, seed, emulator, lambda i: emulator.create_sandbox(f"chaos-{seed}-{i}"),
-                          min_duration_s)
+                          opts.min_duration_s)
         fired: list[str] = []
-        traffic.run(_faults(broker, postgres, consumers, extra, emulator.control), fired)
+        traffic.run(_faults(broker, postgres, consumers, extra, emulator.control, opts.api_error_rate), fired)
         quiescence = settle(emulator, ProcessorView(env), time.monotonic())
         found += deaths(procs)
         view = ProcessorView(env)
@@ -92,7 +93,7 @@ def _ready(port: int) -> bool:
 
 
 def _faults(broker: KafkaBroker, postgres: Postgres, consumers: list[Proc], extra: Proc,
-            control: Callable[..., object]) -> list[tuple[float, str, Callable[[], None]]]:
+            control: Callable[..., object], error_rate: float) -> list[tuple[float, str, Callable[[], None]]]:
     def kill(member: Proc) -> Callable[[], None]:
         def action() -> None:
             member.kill()
@@ -113,7 +114,7 @@ def _faults(broker: KafkaBroker, postgres: Postgres, consumers: list[Proc], extr
         time.sleep(8.0)
         extra.stop()
         time.sleep(3.0)
-        control("POST", "/config", {"api_error_rate": 0.15})
+        control("POST", "/config", {"api_error_rate": error_rate})
 
     return [
         (0.10, "SIGKILL consume-1 (1)", kill(consumers[0])),
