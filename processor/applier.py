@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from processor.constants import H_STATE_VERSION
 from processor.database import Connection
 from processor.errors import Anomaly, DatabaseUnavailable, PoisonEvent
 from processor.inbound import DEAUTHORIZED, Inbound
@@ -250,7 +251,7 @@ class Applier:
                         self.topic_state,
                         row.id.encode(),
                         orjson.dumps(snapshot),
-                        content_type_headers(SNAPSHOT_CONTENT_TYPE),
+                        content_type_headers(SNAPSHOT_CONTENT_TYPE, {H_STATE_VERSION: str(row.version)}),
                         f"{row.id}:v{row.version}",
                     )
                 )

@@ -19,6 +19,10 @@ H_OBJECT = "stripe.object"  # "v2.core.event" (thin) or "event" (v1 snapshot)
 H_RECEIVED_AT = "received-at"  # RFC 3339 UTC, when the ingress accepted the delivery
 H_SECRET_INDEX = "stripe.secret-index"  # noqa: S105 (a header name, not a secret); which configured secret verified it: the index, never the secret
 
+# --- sandbox.state headers ------------------------------------------------------------------------------------
+#: the snapshot's `version` (as in its value), so a reader can drop an older snapshot without parsing the value
+H_STATE_VERSION = "sandbox.version"
+
 # --- replay headers: set on records `processor replay` re-publishes ---------------------------------------------
 H_REPLAY_RUN = "replay.run-id"  # the replay run that published the copy (a re-run resumes by it)
 H_REPLAY_OF = "replay.of"  # what the copy was made from

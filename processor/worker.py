@@ -19,7 +19,7 @@ from processor.eventlog import open_event_log
 from processor.eventlog.base import EventLog
 from processor.health import HealthServer
 from processor.operations.status import refresh_gauges
-from processor.relay import DEFAULT_BATCH, OutboxRelay
+from processor.relay import DEFAULT_BATCH, OutboxRelay, relay_role
 from processor.settings import Settings
 from processor.stripe_client import StripeApi
 from processor.worker_metrics import WorkerMetrics
@@ -85,7 +85,8 @@ async def run_worker(
             )
             tasks.append(asyncio.create_task(consumer.run(stop), name="lifecycle-consumer"))
         if options.relay:
-            relay = OutboxRelay(log_, db, metrics=metrics, wakeup=signal_, batch_size=options.relay_batch)
+            relay = OutboxRelay(log_, db, role=relay_role(settings), metrics=metrics, wakeup=signal_,
+                                batch_size=options.relay_batch)
             tasks.append(asyncio.create_task(relay.run(relay_stop), name="outbox-relay"))
         for task in tasks:
             task.add_done_callback(_say_why)

@@ -72,8 +72,8 @@ class Writes:
     matched_later: list[tuple[str, str]] = field(default_factory=list)
 
 
-def content_type_headers(content_type: str) -> str:
-    return orjson.dumps({"content-type": content_type}).decode()
+def content_type_headers(content_type: str, extra: dict[str, str] | None = None) -> str:
+    return orjson.dumps({"content-type": content_type, **(extra or {})}).decode()
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,6 +95,28 @@ class LogConsumer(Protocol):
                         tb: TracebackType | None) -> None: ...
 
 
+class FencedPublisher(Protocol):
+    """The writes of a role that one process at a time may hold (the outbox relay), fenced where they happen:
+    once another holder claimed the role, every write of an earlier holder fails with Fenced and lands nothing
+    (Kafka: a transactional producer whose transactional id is the role; PostgreSQL: the role's generation,
+    checked in the transaction that inserts the records)."""
+
+    async def claim(self) -> None:
+        """Become the role's only writer; every earlier holder is fenced from now on."""
+        ...
+
+    async def publish_many(
+        self, records: Sequence[tuple[str, bytes | None, bytes, Headers]]
+    ) -> list[Published]:
+        """All `records` (ordered per key as given) durable and visible together, or none of them; raises Fenced
+        when another holder claimed the role since this one did, LogUnavailable when the log failed."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the publisher holds (safe to call twice); the role stays claimed."""
+        ...
+
+
 class EventLog(Protocol):
     """A connection to the log: producing, topic management and consumer creation."""
 
@@ -116,6 +138,10 @@ class EventLog(Protocol):
 
     async def ensure_topics(self, topics: Sequence[str], partitions: int | None = None) -> None:
         """Create the topics if missing (idempotent)."""
+        ...
+
+    def fenced_publisher(self, role: str) -> FencedPublisher:
+        """A writer for `role` (unique per deployment: a topic prefix is part of it), not yet claimed."""
         ...
 
     def consumer(self, group: str, topics: Sequence[str], *, from_beginning: bool = True,

@@ -22,6 +22,7 @@ import asyncpg
 from processor.database import Connection
 from processor.errors import CommitRejected, LogUnavailable
 from processor.eventlog.base import Headers, Published, Record, TopicPartition
+from processor.eventlog.postgres_fence import PostgresFencedPublisher
 from processor.eventlog.postgres_writer import LogWriter, Outgoing, WriterLimits
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,14 @@ class PostgresEventLog:
                 tp.topic, tp.partition, start, end,
             )
         return [_to_record(row) for row in rows]
+
+    async def append_in(self, conn: Connection, records: Sequence[Outgoing]) -> list[Published]:
+        """Append `records` in the caller's open transaction `conn` (a fenced write), bounded like the writer's."""
+        return await self._writer.append_in(conn, records)
+
+    def fenced_publisher(self, role: str) -> PostgresFencedPublisher:
+        """A writer for `role`, fenced by the role's generation in log_fences."""
+        return PostgresFencedPublisher(self, role)
 
     def consumer(self, group: str, topics: Sequence[str], *, from_beginning: bool = True,
                  session_timeout_s: float | None = None) -> PostgresLogConsumer:

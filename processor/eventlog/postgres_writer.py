@@ -245,6 +245,13 @@ class LogWriter:
             return
         self._failing = False
 
+    async def append_in(self, conn: Connection, records: Sequence[Outgoing]) -> list[Published]:
+        """Append `records` in the caller's open transaction `conn`, its statements bounded like the writer's own
+        (the fenced writes of processor.eventlog.postgres_fence, which must check their fence in the same
+        transaction)."""
+        await self._session(conn)
+        return await self._append(conn, list(records))
+
     async def _write(self, batch: list[Outgoing]) -> list[Published]:
         async with asyncio.timeout(self.limits.write_timeout_s + _CLIENT_GRACE_S):
             async with self._pool.acquire() as conn, conn.transaction():

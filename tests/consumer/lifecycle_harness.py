@@ -176,12 +176,17 @@ async def published(log: EventLog, settings: Settings) -> Published:
             assert by_id[value["id"]] == value, f"re-published {value['id']} differs"
         by_id[value["id"]] = value
     snapshots: dict[str, dict[str, Any]] = {}
+    last: dict[str, dict[str, Any]] = {}
     for record in await read_topic(log, settings.topic(c.TOPIC_STATE)):
         value = json.loads(record.value)
         validate("sandbox-state", value)
+        assert record.header(c.H_STATE_VERSION) == str(value["version"])
         previous = snapshots.get(value["sandbox_id"])
         if previous is None or previous["version"] <= value["version"]:
             snapshots[value["sandbox_id"]] = value
+        last[value["sandbox_id"]] = value
+    # what a compacted topic keeps is the last record per key: it must be the newest snapshot
+    assert {sid: v["version"] for sid, v in last.items()} == {sid: v["version"] for sid, v in snapshots.items()}
     return Published(by_id, len(raw), snapshots)
 
 

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
 from processor.eventlog.base import EventLog
-from processor.eventlog.kafka import KafkaEventLog
 from processor.eventlog.partitioner import kafka_partitioner, partition_for
 
 #: murmur2 of these UTF-8 keys as org.apache.kafka.common.utils.Utils.murmur2 returns it (a signed Java int),
@@ -42,12 +39,6 @@ def test_cached_choice_equals_aiokafka_default_partitioner(key: bytes, count: in
     assert kafka_partitioner(key, partitions, partitions) == expected
     assert kafka_partitioner(key, partitions, partitions) == expected
     assert partition_for(key, count) == expected
-
-
-@pytest_asyncio.fixture
-async def kafka_log(kafka_bootstrap: str) -> AsyncIterator[KafkaEventLog]:
-    async with KafkaEventLog([kafka_bootstrap]) as log:
-        yield log
 
 
 @pytest.fixture(params=["kafka", "postgres"])

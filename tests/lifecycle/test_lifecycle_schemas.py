@@ -255,6 +255,9 @@ def test_asyncapi_headers_are_the_ones_the_code_writes(asyncapi: dict[str, Any])
     }
     assert set(schemas["deadLetterHeaders"]["required"]) == dlq
     assert set(load_schema("dlq-record")["properties"]["headers"]["required"]) == dlq
+    state_headers = asyncapi["components"]["messages"]["sandboxState"]["headers"]
+    assert set(state_headers["required"]) == set(state_headers["properties"]) == {"content-type",
+                                                                                  constants.H_STATE_VERSION}
 
 
 def test_asyncapi_payload_schemas_are_copies_of_nothing(asyncapi: dict[str, Any]) -> None:
