@@ -39,7 +39,7 @@ CONNECTION_ERRORS = (
 )
 #: messages that are a connection error only when the node was not reachable (a coordinator still electing
 #: itself right after start-up reports GroupCoordinatorNotAvailable with the same words)
-NODE_ERRORS = ("Group Coordinator Request failed", "Heartbeat send request failed")
+NODE_ERRORS = ("Group Coordinator Request failed", "Heartbeat send request failed", "Got error produce response")
 NOT_REACHABLE = ("NodeNotReadyError", "KafkaConnectionError")
 PROBE_INTERVAL_S = 1.0
 PROBE_TIMEOUT_S = 2.0
