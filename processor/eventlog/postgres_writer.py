@@ -141,8 +141,8 @@ class LogWriter:
         return await unit.future
 
     def _admit(self, unit: _Unit) -> None:
-        if not self._accepting:
-            raise LogUnavailable("the PostgreSQL event log is not started")
+        if not self._accepting or self._task is None or self._task.done():
+            raise LogUnavailable("the PostgreSQL event log is not started (or its writer ended)")
         # an empty writer takes any one call, however big, so that no call can be refused forever
         if self._queued_records and (
                 self._queued_records + len(unit.records) > self.limits.max_queued_records
@@ -217,6 +217,8 @@ class LogWriter:
                     unit.future.set_result(results[start:end])
                 start = end
         finally:
+            # a write interrupted (the writer stopped mid-write) leaves no caller waiting for ever
+            self._fail(live, LogUnavailable("the PostgreSQL event log stopped during the write"))
             self._write_started = None
             self._queued_records -= sum(len(unit.records) for unit in batch)
             self._queued_bytes -= sum(unit.size for unit in batch)

@@ -169,3 +169,24 @@ async def test_publish_many_retried_after_a_failed_write_keeps_each_keys_order(
             seen[record.value] += 1
         assert all(numbers == sorted(numbers) for numbers in firsts.values()), "a key's records were reordered"
         assert set(seen.values()) == {1} and len(seen) == 2500
+
+
+async def test_stopping_the_log_during_a_stalled_write_answers_its_caller(
+        database: Database, table_lock: TableLock) -> None:
+    """A log stopped while its write is blocked tells the caller the write failed instead of leaving it waiting
+    for ever (a caller that waits for ever never answers its webhook)."""
+    limits = WriterLimits(write_timeout_s=300, stalled_after_s=0.5)
+    log = PostgresEventLog(database.pool, partitions=2, limits=limits)
+    await log.start()
+    try:
+        await log.ensure_topics([TOPIC])
+        await log.publish(TOPIC, b"warm-up", b"0")
+        await table_lock.hold()
+        blocked = asyncio.create_task(log.publish(TOPIC, b"k1", body(1)))
+        await wait_until(lambda: not log.healthy())
+    finally:
+        await asyncio.wait_for(log.stop(), timeout=60)
+    with pytest.raises(LogUnavailable):
+        await asyncio.wait_for(blocked, timeout=30)
+    with pytest.raises(LogUnavailable):
+        await log.publish(TOPIC, b"k2", body(2))
