@@ -1,4 +1,5 @@
-"""`processor run` under hostile connections: idle ones against its descriptor limit, bodies that never end."""
+"""`processor run` under hostile connections: idle ones against its descriptor limit, bodies that never end;
+and /metrics kept off the public port."""
 
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ def _limit_descriptors() -> None:
 
 
 @contextlib.asynccontextmanager
-async def processor_run(data_dir: Path, database_url: str) -> AsyncIterator[tuple[int, int, str]]:
+async def processor_run(
+    data_dir: Path, database_url: str, **variables: str
+) -> AsyncIterator[tuple[int, int, str]]:
     """`processor run` with at most FD_LIMIT descriptors; yields its pid, port and webhook secret."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROCESSOR_", "STRIPE_"))}
-    env["PROCESSOR_DATABASE_URL"] = database_url
+    env.update(variables, PROCESSOR_DATABASE_URL=database_url)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "processor", "run", "--data-dir", str(data_dir), "--port", str(port),
         "--emulator-port", "0", "--reconcile-interval", "0", stdout=asyncio.subprocess.PIPE,
@@ -135,3 +138,14 @@ async def test_bodies_that_never_end_hold_bounded_memory(tmp_path: Path, pg_dsn:
     print(f"RSS {before:.0f} -> {during:.0f} MiB with 300 stalled bodies; a delivery meanwhile: {answer}")
     assert answer in (200, 503)
     assert during - before < 150, f"RSS {before:.0f} -> {during:.0f} MiB"
+
+
+async def test_metrics_can_be_served_on_a_port_of_their_own(tmp_path: Path, pg_dsn: str) -> None:
+    """With PROCESSOR_METRICS_PORT, /metrics answers there and is not found on the public port."""
+    metrics_port = free_port()
+    scrape = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    async with processor_run(tmp_path / "var", pg_dsn, PROCESSOR_METRICS_PORT=str(metrics_port)) as (_, port, secret):
+        assert await status_of(port, delivery(secret, 0)) == 200
+        public = await status_of(port, scrape)
+        private = await status_of(metrics_port, scrape)
+    assert (public, private) == (404, 200)
