@@ -115,6 +115,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def _evict_oldest_waiting(self) -> bool:
         for other in self.waiting:
+            if other.cycle is not None and not other.cycle.response_complete:
+                continue  # a pipelined head is pending behind a request still being answered: not idle
             other._stop_waiting()
             other.transport.close()
             return True
