@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -15,8 +16,10 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
+from processor.devkafka_security import SECURE_LISTENERS, Acl, BrokerSecurity
 from processor.serving import free_port
 
 KAFKA_VERSION = "4.1.1"
@@ -116,45 +119,87 @@ def _port_open(port: int) -> bool:
 
 
 class KafkaBroker:
-    """One broker process (combined broker + controller) under `workdir`."""
+    """One broker process (combined broker + controller) under `workdir`.
+
+    A directory keeps its ports (ports.json) and its data across stop and start, so clients that were connected
+    reconnect to the same address. With `security`, SSL, SASL_SSL and SASL_PLAINTEXT listeners are added and
+    ACLs are enforced (processor/devkafka_security.py); the PLAINTEXT listener stays for administration.
+    """
 
     def __init__(self, workdir: Path, *, cache_dir: Path | None = None, heap: str = "512m",
-                 quick_start: bool = True) -> None:
+                 quick_start: bool = True, security: BrokerSecurity | None = None) -> None:
         self.workdir = workdir.resolve()
         self.cache_dir = cache_dir
         self.heap = heap
         # C1 only: a much faster start on 2 cores, for tests; benchmarks want the optimizing JIT of a real broker
         self.quick_start = quick_start
-        self.port = 0
-        self.controller_port = 0
+        self.security = security
+        self.ports: dict[str, int] = {}
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
+    def port(self) -> int:
+        return self._saved_ports().get("PLAINTEXT", 0)
+
+    @property
+    def controller_port(self) -> int:
+        return self._saved_ports().get("CONTROLLER", 0)
+
+    @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        """The PLAINTEXT listener (on a secured broker: the administrator's, a super user)."""
+        return self.listener("PLAINTEXT")
+
+    def listener(self, name: str) -> str:
+        """host:port of one listener: PLAINTEXT, or SSL / SASL_SSL / SASL_PLAINTEXT on a secured broker."""
+        return f"127.0.0.1:{self._saved_ports()[name]}"
 
     @property
     def pid_file(self) -> Path:
         return self.workdir / "broker.pid"
 
     @property
+    def ports_file(self) -> Path:
+        return self.workdir / "ports.json"
+
+    @property
     def log_file(self) -> Path:
         return self.workdir / "server.log"
 
+    def _saved_ports(self) -> dict[str, int]:
+        if not self.ports and self.ports_file.exists():
+            self.ports = {name: int(port) for name, port in json.loads(self.ports_file.read_text()).items()}
+        return self.ports
+
+    def _allocate_ports(self) -> dict[str, int]:
+        """The directory's ports: the ones it had before (clients keep their address), new ones the first time."""
+        names = ("PLAINTEXT", "CONTROLLER", *(SECURE_LISTENERS if self.security is not None else ()))
+        ports = dict(self._saved_ports())
+        for name in names:
+            if name not in ports:
+                ports[name] = free_port()
+            elif _port_open(ports[name]):
+                raise BrokerError(f"port {ports[name]} ({name}) of {self.workdir} is taken by another process; "
+                                  f"stop it, or delete {self.ports_file} to get new ports")
+        self.ports = ports
+        self.ports_file.write_text(json.dumps(ports) + "\n")
+        return ports
+
     def _configure(self) -> Path:
-        """Write server.properties with fresh ports; the data dir is kept so a restart keeps the topics."""
-        self.port = self.port or free_port()
-        self.controller_port = self.controller_port or free_port()
+        """Write server.properties with the directory's ports; the data dir is kept so a restart keeps the topics."""
+        ports = self._allocate_ports()
         data = self.workdir / "data"
+        listeners = [name for name in ports if name != "CONTROLLER"]
+        protocol_map = {"CONTROLLER": "PLAINTEXT", **{name: name for name in listeners}}
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.quorum.voters": f"1@127.0.0.1:{ports['CONTROLLER']}",
+            "listeners": ",".join(f"{name}://127.0.0.1:{port}" for name, port in ports.items()),
+            "advertised.listeners": ",".join(f"{name}://127.0.0.1:{ports[name]}" for name in listeners),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(f"{k}:{v}" for k, v in protocol_map.items()),
             "log.dirs": str(data),
             "num.partitions": "1",
             "auto.create.topics.enable": "false",
@@ -169,18 +214,23 @@ class KafkaBroker:
             # the ingress accepts bodies up to 1 MiB; leave room for headers and batch overhead
             "message.max.bytes": str(2 * 1024 * 1024 + 1024),
         }
+        if self.security is not None:
+            props.update(self.security.server_properties())
         path = self.workdir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.workdir / "log4j2.properties").write_text(_LOG4J2.format(log=self.log_file))
         return path
 
-    def _java(self, lib: Path, main: str, *args: str) -> list[str]:
+    def _java_base(self, lib: Path) -> list[str]:
         return [
             java_executable(), f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC",
             *(["-XX:TieredStopAtLevel=1"] if self.quick_start else []),
             f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}",
-            "-cp", f"{lib}/*", main, *args,
+            "-cp", f"{lib}/*",
         ]
+
+    def _java(self, lib: Path, main: str, *args: str) -> list[str]:
+        return [*self._java_base(lib), main, *args]
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> KafkaBroker:
         """Format (first time) and start the broker; return once it accepts connections and is registered."""
@@ -190,8 +240,9 @@ class KafkaBroker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self._configure()
         if not (self.workdir / "data" / "meta.properties").exists():
+            scram = self.security.format_arguments() if self.security is not None else []
             fmt = self._java(lib, "kafka.tools.StorageTool", "format", f"--cluster-id={new_cluster_id()}",
-                             "-c", str(config))
+                             "-c", str(config), *scram)
             result = subprocess.run(fmt, capture_output=True, text=True, check=False)  # noqa: S603
             if result.returncode != 0:
                 raise BrokerError(f"formatting the KRaft log failed:\n{result.stdout}\n{result.stderr}")
@@ -202,7 +253,7 @@ class KafkaBroker:
             start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop the broker ourselves
         )
         out.close()
-        self.pid_file.write_text(f"{self._process.pid} {self.port} {self.controller_port}\n")
+        self.pid_file.write_text(f"{self._process.pid}\n")
         self._wait_ready(timeout_s)
         return self
 
@@ -224,16 +275,10 @@ class KafkaBroker:
         if self._process is not None:
             return self._process.pid if self._process.poll() is None else None
         try:
-            pid_text, port, controller = self.pid_file.read_text().split()
-        except (FileNotFoundError, ValueError):
+            pid = int(self.pid_file.read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
             return None
-        pid = int(pid_text)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        self.port, self.controller_port = int(port), int(controller)
-        return pid
+        return pid if self._alive(pid) else None
 
     def running(self) -> bool:
         return self._pid() is not None
@@ -267,6 +312,20 @@ class KafkaBroker:
         with contextlib.suppress(OSError):
             return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
         return False
+
+    def restart(self, grace_s: float = STOP_GRACE_S, timeout_s: float = START_TIMEOUT_S) -> KafkaBroker:
+        """Stop and start again on the same ports and data: connected clients reconnect by themselves."""
+        self.stop(grace_s)
+        return self.start(timeout_s)
+
+    def grant(self, acls: Sequence[Acl]) -> None:
+        """Create ACLs through the PLAINTEXT listener (its anonymous principal is a super user)."""
+        if self.security is None:
+            raise BrokerError("ACLs need a broker started with security (StandardAuthorizer)")
+        if acls:
+            result = self.security.grant(self._java_base(fetch_jars(self.cache_dir)), self.bootstrap, acls)
+            if result.returncode != 0:
+                raise BrokerError(f"creating ACLs failed:\n{result.stdout}\n{result.stderr}")
 
     def destroy(self) -> None:
         """Stop the broker and delete its directory."""
