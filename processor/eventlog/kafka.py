@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -30,6 +31,7 @@ from aiokafka.errors import (
 
 from processor.errors import CommitRejected, LogUnavailable
 from processor.eventlog.base import Headers, Published, Record, TopicPartition
+from processor.eventlog.kafka_diagnosis import AUTHORIZATION_ERRORS, diagnose
 from processor.eventlog.kafka_producer import FATAL_PRODUCER_ERRORS, KafkaFencedPublisher, new_producer, stop_producer
 from processor.kafka_security import PLAINTEXT, KafkaSecurity
 
@@ -37,6 +39,9 @@ log = logging.getLogger(__name__)
 
 #: how often the producer's connection is checked for /readyz
 _HEALTH_INTERVAL_S = 2.0
+#: after the cluster refused a write as unauthorized, not ready for this long (or until a write succeeds); then
+#: ready again so that a retried delivery tests whether an operator granted the ACL meanwhile
+_DENIED_READINESS_S = 30.0
 #: `read` stops after this many empty 250 ms polls short of its end (records deleted, a transaction still open)
 _READ_IDLE_POLLS = 4
 
@@ -67,6 +72,7 @@ class KafkaEventLog:
         self._replacing = asyncio.Lock()
         self._health_task: asyncio.Task[None] | None = None
         self._healthy = False
+        self._denied_until = 0.0
 
     async def start(self) -> None:
         if self._producer is not None:
@@ -83,7 +89,8 @@ class KafkaEventLog:
             await producer.start()
         except KafkaError as exc:
             await stop_producer(producer, self.request_timeout_ms / 1000)
-            raise LogUnavailable(f"cannot connect to Kafka at {self.bootstrap}: {exc}") from exc
+            reason = await diagnose(self.bootstrap.split(","), self.security) or exc
+            raise LogUnavailable(f"cannot connect to Kafka at {self.bootstrap}: {reason}") from exc
         return producer
 
     async def stop(self) -> None:
@@ -117,7 +124,7 @@ class KafkaEventLog:
             await asyncio.sleep(_HEALTH_INTERVAL_S)
 
     def healthy(self) -> bool:
-        return self._producer is not None and self._healthy
+        return self._producer is not None and self._healthy and time.monotonic() >= self._denied_until
 
     def _require_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -126,9 +133,21 @@ class KafkaEventLog:
 
     async def _write_failed(self, producer: AIOKafkaProducer, exc: BaseException) -> LogUnavailable:
         self._healthy = False
+        if isinstance(exc, AUTHORIZATION_ERRORS):
+            return self._denied(exc)
         if isinstance(exc, FATAL_PRODUCER_ERRORS | OutOfOrderSequenceNumber | UnknownProducerId):
             await self._replace(producer)  # this producer id cannot write any more: the next publish gets a new one
         return LogUnavailable(f"Kafka did not acknowledge the write: {exc!r}")
+
+    def _denied(self, exc: BaseException) -> LogUnavailable:
+        """A write refused as unauthorized: metadata still flows, so the health watch alone would report ready
+        while every write is refused."""
+        already_denied = time.monotonic() < self._denied_until
+        self._denied_until = time.monotonic() + _DENIED_READINESS_S
+        if not already_denied:  # one line per outage, not one per delivery
+            log.error("Kafka refused a write as unauthorized (%r): this client (%s) needs WRITE and DESCRIBE on the "
+                      "topic; see deploy/README.md, 'Kafka ACLs'", exc, self.security.describe())
+        return LogUnavailable(f"Kafka refused the write, this client is not authorized: {exc!r}")
 
     async def _replace(self, broken: AIOKafkaProducer) -> None:
         async with self._replacing:
@@ -145,6 +164,7 @@ class KafkaEventLog:
         except KafkaError as exc:
             raise await self._write_failed(producer, exc) from exc
         self._healthy = True
+        self._denied_until = 0.0
         return Published(topic, metadata.partition, metadata.offset)
 
     async def publish_many(self, records: Sequence[tuple[str, bytes | None, bytes, Headers]]) -> list[Published]:

@@ -30,6 +30,7 @@ from processor.eventlog.base import EventLog
 from processor.ingress.deadlines import Deadlines
 from processor.ingress.envelope import Envelope, EnvelopeError, parse_envelope
 from processor.ingress.jsonlog import flush_lines, log_fields
+from processor.ingress.logholder import hold_event_log
 from processor.ingress.metrics import IngressMetrics
 from processor.ingress.msclock import MillisecondClock
 from processor.ingress.signature import Verifier, parse_header
@@ -225,6 +226,10 @@ class Ingress:
         await send(response.start)
         await send(response.body)
 
+    def attach_log(self, log: EventLog | None) -> None:
+        """Publish to `log` from now on (None: answer 503 until one is attached)."""
+        self.log = log
+
     async def healthz(self, request: Request) -> Response:
         """Process alive."""
         return Response(b'{"status":"ok"}', media_type=_JSON)
@@ -276,15 +281,15 @@ def build_app(
             if log is not None:
                 yield
                 return
-            from processor.eventlog import open_event_log
-
-            # leaving this block (after uvicorn finished in-flight requests) flushes and stops the producer
-            async with open_event_log(settings) as owned:
-                ingress.log = owned
-                try:
-                    yield
-                finally:
-                    ingress.log = None
+            # 503 and /readyz red until the log opens; leaving (after uvicorn finished in-flight requests) flushes
+            # and stops the producer
+            stop = asyncio.Event()
+            holder = asyncio.create_task(hold_event_log(settings, ingress.attach_log, stop), name="event-log")
+            try:
+                yield
+            finally:
+                stop.set()
+                await holder
         finally:
             flush_lines()  # the access-log lines of the last deliveries, before the process ends
 
