@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -37,8 +40,9 @@ PROCESS_ROLES = ("ingress", "lifecycle")
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    """One broker with secured listeners for the module; `processor` may use the sasl./mtls. topics and write
-    pw./ca. stripe.events; `outsider` and `stranger` may see acl.stripe.events (Describe) but never write it."""
+    """One broker with secured listeners for the module; `processor` may use the sasl./mtls. topics, write
+    pw./ca. stripe.events and create the tc. topics; `outsider` and `stranger` may see acl.stripe.events
+    (Describe) but never write it."""
     workdir = tmp_path_factory.mktemp("secured") / "kafka"
     users = ("processor", "outsider", "stranger")
     broker = KafkaBroker(workdir, security=BrokerSecurity.load_or_create(workdir, users))
@@ -49,6 +53,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
             *Acl.allowing("processor", merged(PROCESS_ROLES, "mtls.")),
             *Acl.allowing("processor", merged(("ingress",), "pw.")),
             *Acl.allowing("processor", merged(("ingress",), "ca.")),
+            *Acl.allowing("processor", merged(("topics",), "tc.")),
             # a gap like a copy-paste slip leaves: the DLQ's grant, not the input topic's
             *Acl.allowing("outsider", (Permission("topic", f"acl.{c.TOPIC_EVENTS}", ("Describe",)),
                                        Permission("topic", f"acl.{c.TOPIC_DLQ}", ("Write", "Describe")))),
@@ -213,3 +218,28 @@ async def test_missing_acl_is_named_and_no_delivery_is_acknowledged(
     assert await stored(secured, f"acl.{c.TOPIC_EVENTS}") == []
     assert caplog.text.count("Kafka refused a write as unauthorized") == 1  # once, not once per delivery
     assert f"as {user})" in caplog.text and "deploy/README.md, 'Kafka ACLs'" in caplog.text
+
+
+def topics_create(env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """`processor topics create` as an operator runs it, with only `env` configured."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PROCESSOR_", "STRIPE_"))}
+    return subprocess.run([sys.executable, "-m", "processor", "topics", "create", "--replication-factor", "1",
+                           "--partitions", "1"], env={**clean, **env}, capture_output=True, text=True,
+                          timeout=180, check=False)
+
+
+async def test_topics_create_needs_only_create_on_our_topics(secured: KafkaBroker, platform_topics: None) -> None:
+    """A user allowed to create only our four topics creates them; under another prefix it is refused with
+    the right it lacks named; on topics the platform team made, a user without DescribeConfigs is told the
+    configs were not checked, and that is not a failure."""
+    created = await asyncio.to_thread(topics_create, scram_env(secured, "tc."))
+    assert created.returncode == 0, created.stdout + created.stderr
+    assert [line.split() for line in created.stdout.splitlines()] == [
+        ["created", f"tc.{name}"] for name in c.ALL_TOPICS]
+    refused = await asyncio.to_thread(topics_create, scram_env(secured, "tx."))
+    assert refused.returncode == 1
+    assert "not allowed to create it" in refused.stderr and "CREATE" in refused.stderr
+    existing = await asyncio.to_thread(topics_create, scram_env(secured, "sasl."))
+    assert existing.returncode == 0, existing.stdout + existing.stderr
+    assert existing.stdout.count("exists") == 4 and "drift" not in existing.stdout
+    assert existing.stdout.count("configs not checked") == 4
