@@ -89,7 +89,11 @@ class KafkaEventLog:
             await producer.start()
         except KafkaError as exc:
             await stop_producer(producer, self.request_timeout_ms / 1000)
-            reason = await diagnose(self.bootstrap.split(","), self.security) or exc
+            if isinstance(exc, AUTHORIZATION_ERRORS):  # connected, but may not produce at all (no WRITE ACL)
+                reason: object = (f"this client ({self.security.describe()}) is not authorized to produce ({exc!r}); "
+                                  "see deploy/README.md, 'Kafka ACLs'")
+            else:
+                reason = await diagnose(self.bootstrap.split(","), self.security) or exc
             raise LogUnavailable(f"cannot connect to Kafka at {self.bootstrap}: {reason}") from exc
         return producer
 
