@@ -47,6 +47,9 @@ async def test_a_broker_outage_logs_two_lines_and_counts_the_errors(
     """Broker stopped under a polling consumer: many connection errors, one 'unreachable' line, none of
     aiokafka's; broker started again: one 'reachable again' line, and the consumer receives new records."""
     caplog.set_level(logging.INFO)
+    # the tracker is process-wide: an earlier test's outage (a broker it stopped, credentials refused on a
+    # secured broker) is not this test's
+    TRACKER.down_since = None
     settings = Settings(kafka_bootstrap_servers=(private_kafka.bootstrap,), topic_prefix="outage.")
     topic = settings.topic(c.TOPIC_EVENTS)
     async with open_event_log(settings) as log_:
