@@ -74,3 +74,69 @@ capabilities:
 {{- define "processor.topics" -}}
 {{- (.Files.Get "files/topics.yaml" | fromYaml).topics | toJson -}}
 {{- end -}}
+
+{{/* Kafka credentials of one role's pods: call with (dict "root" $ "component" "ingress"). With kafkaUsers.create
+each role has its own Strimzi user and Secret (<fullname>-<component>); otherwise all share kafkaSecurity's. */}}
+{{- define "processor.kafkaEnv" -}}
+{{- $sec := .root.Values.kafkaSecurity -}}
+{{- $user := printf "%s-%s" (include "processor.fullname" .root) .component -}}
+{{- if hasPrefix "SASL_" $sec.protocol }}
+{{- if .root.Values.kafkaUsers.create }}
+- name: PROCESSOR_KAFKA_SASL_USERNAME
+  value: {{ $user | quote }}
+- name: PROCESSOR_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ $user | quote }}, key: password}
+{{- else }}
+- name: PROCESSOR_KAFKA_SASL_USERNAME
+  value: {{ required "kafkaSecurity.saslUsername is required with SASL_*" $sec.saslUsername | quote }}
+- name: PROCESSOR_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "kafkaSecurity.saslPasswordSecret.name is required with SASL_*" $sec.saslPasswordSecret.name | quote }}
+      key: {{ $sec.saslPasswordSecret.key | quote }}
+{{- end }}
+{{- end }}
+{{- if and (eq $sec.protocol "SSL") (or .root.Values.kafkaUsers.create $sec.clientCertSecret.name) }}
+- name: PROCESSOR_KAFKA_SSL_CERTFILE
+  value: /etc/processor/kafka-client/{{ $sec.clientCertSecret.certKey }}
+- name: PROCESSOR_KAFKA_SSL_KEYFILE
+  value: /etc/processor/kafka-client/{{ $sec.clientCertSecret.keyKey }}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes with the Kafka CA and client certificate (same call as processor.kafkaEnv), plus extraVolumes. */}}
+{{- define "processor.kafkaVolumes" -}}
+{{- $sec := .root.Values.kafkaSecurity -}}
+{{- if and (hasSuffix "SSL" $sec.protocol) $sec.caSecret.name }}
+- name: kafka-ca
+  secret: {secretName: {{ $sec.caSecret.name | quote }}, defaultMode: 0444}
+{{- end }}
+{{- if and (eq $sec.protocol "SSL") (or .root.Values.kafkaUsers.create $sec.clientCertSecret.name) }}
+- name: kafka-client
+  secret:
+    secretName: {{ ternary (printf "%s-%s" (include "processor.fullname" .root) .component) $sec.clientCertSecret.name .root.Values.kafkaUsers.create | quote }}
+    defaultMode: 0440
+{{- end }}
+{{- with .root.Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "processor.kafkaVolumeMounts" -}}
+{{- $sec := .root.Values.kafkaSecurity -}}
+{{- if and (hasSuffix "SSL" $sec.protocol) $sec.caSecret.name }}
+- {name: kafka-ca, mountPath: /etc/processor/kafka-ca, readOnly: true}
+{{- end }}
+{{- if and (eq $sec.protocol "SSL") (or .root.Values.kafkaUsers.create $sec.clientCertSecret.name) }}
+- {name: kafka-client, mountPath: /etc/processor/kafka-client, readOnly: true}
+{{- end }}
+{{- with .root.Values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The least-privilege ACLs of every role (files/acls.yaml is generated from processor/kafka_acls.py). */}}
+{{- define "processor.acls" -}}
+{{- (.Files.Get "files/acls.yaml" | fromYaml).roles | toJson -}}
+{{- end -}}
