@@ -50,10 +50,12 @@ def permissions(role: str, prefix: str = "") -> tuple[Permission, ...]:
         )
     if role == "relay":  # `processor relay` on its own
         return relay
-    if role == "operator":  # replay, dlq list/show/replay: read the input and the DLQ, re-publish into the input
+    if role == "operator":  # replay, dlq, status: read the input and the DLQ, re-publish into the input, and
+        # the lifecycle group's committed offsets for the lag `processor status` reports
         return (
             Permission("topic", events, ("Read", "Write", "Describe")),
             Permission("topic", dlq, ("Read", "Write", "Describe")),
+            Permission("group", f"{prefix}{c.GROUP_LIFECYCLE}", ("Describe",)),
         )
     if role == "topics":  # `processor topics create`: our four topics only; DescribeConfigs to report drift
         return tuple(Permission("topic", f"{prefix}{name}", ("Create", "Describe", "DescribeConfigs"))
