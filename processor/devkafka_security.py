@@ -70,9 +70,14 @@ class Acl:
     def allowing(cls, user: str, permissions: Iterable[Permission]) -> list[Acl]:
         """Kafka ACLs for `user` from permissions in Strimzi's spelling (topic/Read -> TOPIC/READ)."""
         return [
-            cls(user, permission.resource_type.upper(), permission.name, re.sub(r"(?<!^)(?=[A-Z])", "_", op).upper())
+            cls(user, _snake(permission.resource_type), permission.name, _snake(op))
             for permission in permissions for op in permission.operations
         ]
+
+
+def _snake(name: str) -> str:
+    """Strimzi's spelling to Kafka's enum names: transactionalId -> TRANSACTIONAL_ID, DescribeConfigs -> ..."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).upper()
 
 
 @dataclass(frozen=True, slots=True)

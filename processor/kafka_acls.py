@@ -2,7 +2,8 @@
 grants them (the Strimzi KafkaUser examples in deploy/, deploy/README.md's table, the secured dev broker).
 
 Names and operations are spelled as Strimzi's `KafkaUser` spells them. Every grant is LITERAL on one of our
-topics or our group, so a user can create only our topics and touch nothing else on a shared cluster.
+topics, our group or the relay's transactional id, so a user can create only our topics and touch nothing else
+on a shared cluster.
 Describe is granted wherever a client reads metadata (partition counts, leaders, end offsets).
 """
 
@@ -17,7 +18,7 @@ from processor import constants as c
 class Permission:
     """Operations allowed on one resource."""
 
-    resource_type: str  # topic | group
+    resource_type: str  # topic | group | transactionalId
     name: str
     operations: tuple[str, ...]  # Read | Write | Describe | Create | DescribeConfigs
 
@@ -30,6 +31,10 @@ class Permission:
         }
 
 
+#: the relay's transactional id after the topic prefix: processor.relay.RELAY_ROLE (not imported, to keep the CLI's
+#: start light; tests/foundation/test_kafka_acls.py checks they agree)
+RELAY_TRANSACTIONAL_ID = "outbox-relay"
+
 #: process roles, as deploy/README.md lists them
 ROLES = ("ingress", "lifecycle", "relay", "operator", "topics")
 
@@ -38,7 +43,12 @@ def permissions(role: str, prefix: str = "") -> tuple[Permission, ...]:
     """The ACLs one role needs with topic prefix `prefix`; `processor run` needs the union of all roles."""
     events, dlq = f"{prefix}{c.TOPIC_EVENTS}", f"{prefix}{c.TOPIC_DLQ}"
     transitions, state = f"{prefix}{c.TOPIC_TRANSITIONS}", f"{prefix}{c.TOPIC_STATE}"
-    relay = (Permission("topic", transitions, ("Write", "Describe")), Permission("topic", state, ("Write", "Describe")))
+    relay = (
+        Permission("topic", transitions, ("Write", "Describe")),
+        Permission("topic", state, ("Write", "Describe")),
+        # the relay writes through a transactional producer fenced by this id (processor/relay.py)
+        Permission("transactionalId", f"{prefix}{RELAY_TRANSACTIONAL_ID}", ("Write", "Describe")),
+    )
     if role == "ingress":  # publishes deliveries (an idempotent producer needs Write on a topic, nothing more)
         return (Permission("topic", events, ("Write", "Describe")),)
     if role == "lifecycle":  # `processor consume`: the group's consumer, the DLQ, and the relay it runs by default
