@@ -43,6 +43,7 @@ class WorkerHttpProtocol(LimitedHttpProtocol):
     string); `create_app` gives it the limits from the worker's settings before the first connection."""
 
     waiting: ClassVar[dict[LimitedHttpProtocol, None]] = {}
+    sweeping: ClassVar[list[bool]] = [False]
 
 
 def create_app() -> Starlette:
