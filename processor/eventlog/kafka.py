@@ -70,6 +70,7 @@ class KafkaEventLog:
         self.linger_ms = linger_ms
         self._producer: AIOKafkaProducer | None = None
         self._replacing = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()  # replaced producers being stopped
         self._health_task: asyncio.Task[None] | None = None
         self._healthy = False
         self._denied_until = 0.0
@@ -107,6 +108,8 @@ class KafkaEventLog:
                 await task
         if producer is not None:  # what callers handed over reaches the broker before the producer stops
             await stop_producer(producer, self.request_timeout_ms / 1000)
+        if self._retiring:
+            await asyncio.gather(*self._retiring)
         self._healthy = False
 
     async def __aenter__(self) -> KafkaEventLog:
@@ -158,7 +161,11 @@ class KafkaEventLog:
             if self._producer is not broken:  # another failed publish replaced it already
                 return
             self._producer = await self._started_producer()
-        asyncio.create_task(stop_producer(broken, self.request_timeout_ms / 1000))  # noqa: RUF006 (self-ending)
+        # stopped in the background: stop() waits for what the broken producer still holds, and the caller whose
+        # publish failed must get its answer now; the task is kept until it ends, and stop() waits for it
+        retiring = asyncio.create_task(stop_producer(broken, self.request_timeout_ms / 1000))
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)
 
     async def publish(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> Published:
         producer = self._require_producer()
