@@ -142,7 +142,7 @@ class KafkaEventLog:
         self._healthy = False
         if isinstance(exc, AUTHORIZATION_ERRORS):
             return self._denied(exc)
-        if isinstance(exc, FATAL_PRODUCER_ERRORS | OutOfOrderSequenceNumber | UnknownProducerId):
+        if isinstance(exc, (*FATAL_PRODUCER_ERRORS, OutOfOrderSequenceNumber, UnknownProducerId)):
             await self._replace(producer)  # this producer id cannot write any more: the next publish gets a new one
         return LogUnavailable(f"Kafka did not acknowledge the write: {exc!r}")
 
