@@ -402,28 +402,15 @@ class Applier:
             # an older event delivered late must not undo a newer one; v1 `created` has whole seconds, and
             # within one second a deauthorization follows the authorization it ends, so it wins the tie
             if created_ms < row.flags_as_of_ms or (created_ms == row.flags_as_of_ms and not value):
-                writes.history.append(
-                    HistoryRow(
-                        row.id,
-                        "flag",
-                        None,
-                        None,
-                        None,
-                        None,
-                        event_id,
-                        event_type,
-                        f"ignored: older than the account event that set {FLAG_DEAUTHORIZED} last"
-                        f" (account {account}){suffix}",
-                        created,
-                    )
-                )
-                continue
-            row.flags_as_of_ms = created_ms
-            row.touched = True
-            if row.flags.get(FLAG_DEAUTHORIZED, False) != value:
-                row.flags = {**row.flags, FLAG_DEAUTHORIZED: value}
-                row.dirty = True
-                row.last_event_id = event_id
+                reason = f"ignored: older than the account event that set {FLAG_DEAUTHORIZED} last"
+            else:
+                reason = f"{FLAG_DEAUTHORIZED}={str(value).lower()}"
+                row.flags_as_of_ms = created_ms
+                row.touched = True
+                if row.flags.get(FLAG_DEAUTHORIZED, False) != value:
+                    row.flags = {**row.flags, FLAG_DEAUTHORIZED: value}
+                    row.dirty = True
+                    row.last_event_id = event_id
             writes.history.append(
                 HistoryRow(
                     row.id,
@@ -434,7 +421,7 @@ class Applier:
                     None,
                     event_id,
                     event_type,
-                    f"{FLAG_DEAUTHORIZED}={str(value).lower()} (account {account}){suffix}",
+                    f"{reason} (account {account}){suffix}",
                     created,
                 )
             )
