@@ -18,7 +18,7 @@ import asyncpg
 import orjson
 
 from processor.constants import H_STATE_VERSION
-from processor.database import Connection
+from processor.database import DATABASE_ERRORS, Connection
 from processor.errors import Anomaly, DatabaseUnavailable, PoisonEvent
 from processor.inbound import DEAUTHORIZED, Inbound
 from processor.lifecycle import Outcome, State, decide, stripe_fields
@@ -117,7 +117,7 @@ class Applier:
                 rows = await conn.fetch(
                     "SELECT event_id FROM processed_events WHERE event_id = ANY($1)", list(event_ids)
                 )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             raise DatabaseUnavailable(f"cannot read processed events: {exc}") from exc
         return {row["event_id"] for row in rows}
 
@@ -136,7 +136,7 @@ class Applier:
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 return await self._apply(conn, observations, notices, account_events, repair)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             # any database failure is retried: the batch is either wholly applied or not at all
             raise DatabaseUnavailable(f"the lifecycle transaction failed: {exc}") from exc
 

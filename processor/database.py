@@ -26,6 +26,15 @@ from processor.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: what a failing or lost database raises through asyncpg. InternalClientError is among them: a connection whose
+#: statement was cut short (a terminated backend, a cancelled query) can refuse the next one with it
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
 #: a plain connection or one borrowed from a pool: every query helper accepts both
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 

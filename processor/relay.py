@@ -24,7 +24,7 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
-from processor.database import Database
+from processor.database import DATABASE_ERRORS, Database
 from processor.errors import DatabaseUnavailable, LogUnavailable
 from processor.eventlog.base import EventLog
 from processor.settings import Settings
@@ -43,7 +43,6 @@ DEFAULT_IDLE_S = 0.2
 #: published rows are kept this long (for inspection and repair), then deleted
 DEFAULT_RETENTION_S = 3600.0
 _CLEANUP_INTERVAL_S = 60.0
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def relay_role(settings: Settings) -> str:
@@ -102,7 +101,7 @@ class OutboxRelay:
                 else:
                     await conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
                                        [row["id"] for row in rows])
-        except _DB_ERRORS as exc:
+        except DATABASE_ERRORS as exc:
             await self.close()
             if refused is not None:
                 raise refused from exc
@@ -125,7 +124,7 @@ class OutboxRelay:
             locked = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_ID))
         finally:
             if not locked:  # another relay leads, or the query failed
-                with contextlib.suppress(*_DB_ERRORS):
+                with contextlib.suppress(*DATABASE_ERRORS):
                     await self.pool.release(conn)
         if not locked:
             return None
@@ -143,9 +142,9 @@ class OutboxRelay:
         conn, self._lease = self._lease, None
         await self.publisher.close()
         if conn is not None:
-            with contextlib.suppress(*_DB_ERRORS):
+            with contextlib.suppress(*DATABASE_ERRORS):
                 await conn.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK_ID)
-            with contextlib.suppress(*_DB_ERRORS):
+            with contextlib.suppress(*DATABASE_ERRORS):
                 await self.pool.release(conn)
 
     async def pending(self) -> int:
@@ -192,7 +191,7 @@ class OutboxRelay:
                 return
             if time.monotonic() >= next_cleanup:
                 next_cleanup = time.monotonic() + _CLEANUP_INTERVAL_S
-                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                with contextlib.suppress(*DATABASE_ERRORS):
                     await self.cleanup()
                     self.metrics.outbox_pending.set(await self.pending())
             await self._sleep(stop, self.idle_s if count >= 0 else max(self.idle_s, 1.0))

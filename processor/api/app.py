@@ -26,7 +26,7 @@ from processor.api.responses import database_failure, error, stripe_failure
 from processor.api.sandboxes import SandboxEndpoints
 from processor.api.store import ApiStore
 from processor.applier import Applier
-from processor.database import Database
+from processor.database import DATABASE_ERRORS, Database
 from processor.errors import ConfigError, DatabaseUnavailable, StripeError
 from processor.settings import Secret, Settings
 from processor.stripe_client import StripeApi
@@ -35,7 +35,7 @@ log = logging.getLogger("processor.api")
 
 Handler = Callable[[Request, Principal], Awaitable[Response]]
 Endpoint = Callable[[Request], Awaitable[Response]]
-_DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, DatabaseUnavailable)
+_DATABASE_ERRORS: tuple[type[Exception], ...] = (*DATABASE_ERRORS, DatabaseUnavailable)
 
 
 def _guarded(handler: Endpoint) -> Endpoint:

@@ -20,13 +20,13 @@ import math
 import uuid
 from urllib.parse import quote
 
-import asyncpg
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from processor.api import pages
 from processor.api.ratelimit import KeyedRateLimit
 from processor.api.store import ApiStore
+from processor.database import DATABASE_ERRORS
 from processor.errors import StripeError
 from processor.lifecycle import State
 from processor.settings import Secret
@@ -85,7 +85,7 @@ class RefreshEndpoint:
             return pages.rate_limited(max(1, math.ceil(wait_s)))
         try:
             known = await self.store.state(sandbox_id)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("refresh of %s: database unavailable: %s", sandbox_id, exc)
             return pages.unavailable(5)
         if known is not None and known is not State.UNCLAIMED:

@@ -19,7 +19,7 @@ from types import TracebackType
 
 import asyncpg
 
-from processor.database import Connection
+from processor.database import DATABASE_ERRORS, Connection
 from processor.errors import CommitRejected, LogUnavailable
 from processor.eventlog.base import Headers, Published, Record, TopicPartition
 from processor.eventlog.postgres_fence import PostgresFencedPublisher
@@ -157,7 +157,7 @@ def _log_errors(what: str) -> Iterator[None]:
     """A consumer's database errors as LogUnavailable: the member can leave and join again, as on Kafka."""
     try:
         yield
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+    except DATABASE_ERRORS as exc:
         # InternalClientError: a connection left mid-operation by a dropped session; the pool replaces it
         raise LogUnavailable(f"PostgreSQL event log {what} failed: {exc}") from exc
 
@@ -197,7 +197,7 @@ class PostgresLogConsumer:
         if not self._started:
             return
         self._started = False
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        with contextlib.suppress(*DATABASE_ERRORS):
             async with self._log.pool.acquire() as conn:
                 await conn.execute("DELETE FROM log_group_members WHERE group_id = $1 AND member_id = $2",
                                    self.group, self.member_id)

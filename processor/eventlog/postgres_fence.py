@@ -12,8 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import asyncpg
-
+from processor.database import DATABASE_ERRORS
 from processor.errors import Fenced, LogUnavailable
 from processor.eventlog.base import Headers, Published
 from processor.eventlog.postgres_writer import Outgoing
@@ -39,7 +38,7 @@ class PostgresFencedPublisher:
                     " DO UPDATE SET generation = log_fences.generation + 1 RETURNING generation",
                     self.role,
                 ))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             raise LogUnavailable(f"cannot claim role {self.role!r} on the PostgreSQL log: {exc}") from exc
 
     async def publish_many(self, records: Sequence[tuple[str, bytes | None, bytes, Headers]]) -> list[Published]:
@@ -56,7 +55,7 @@ class PostgresFencedPublisher:
                     self._generation = None
                     raise Fenced(f"role {self.role!r} was claimed by another writer (generation {current})")
                 return await self._log.append_in(conn, batch)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             raise LogUnavailable(f"event log write failed: {exc}") from exc
 
     async def close(self) -> None:
