@@ -140,12 +140,19 @@ class Emulator:
                 "prefill": {"email": "chaos@example.com", "country": "US"}}
         headers = {"Authorization": f"Bearer {self.api_key}", "Stripe-Version": "2026-04-22.preview",
                    "Idempotency-Key": key}
-        for _ in range(50):
+        # A platform retries as long as Stripe lets it: the run injects 429s and 5xx (up to 80 % in the distributed
+        # fault phase) and the consumers share the key's rate limit, so a fixed number of tries is not enough.
+        deadline = time.monotonic() + 300
+        delay = 0.1
+        while True:
             answer = self.http.post(f"{self.base_url}/v2/core/claimable_sandboxes", json=body, headers=headers)
             if answer.status_code == 200:
                 return str(answer.json()["id"])
-            time.sleep(0.1)
-        raise RuntimeError(f"the emulator kept failing the creation {key}: {answer.status_code} {answer.text}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the emulator kept failing the creation {key}: {answer.status_code} {answer.text}")
+            retry_after = answer.headers.get("Retry-After", "")
+            time.sleep(float(retry_after) if retry_after.replace(".", "", 1).isdigit() else delay)
+            delay = min(delay * 2, 2.0)
 
     def truth(self) -> dict[str, str]:
         """Stripe's view: every sandbox's lifecycle state."""
