@@ -396,6 +396,11 @@ async def run_fuzz(database_url: str, work_dir: Path, requests: int, *, seed: in
 async def _main(args: argparse.Namespace) -> int:
     from processor.database import start_embedded_server, stop_embedded_server
 
+    # SIGTERM (a CI timeout, a `kill`) unwinds through the finally blocks below, so the `processor run` under
+    # test and the embedded PostgreSQL stop with us instead of outliving the run
+    this_task = asyncio.current_task()
+    assert this_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, this_task.cancel)
     with tempfile.TemporaryDirectory(prefix="processor-fuzz-") as tmp:
         work_dir = Path(tmp)
         # the embedded PostgreSQL runs as an unprivileged user when we are root
@@ -428,4 +433,7 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=32)
-    sys.exit(asyncio.run(_main(parser.parse_args())))
+    try:
+        sys.exit(asyncio.run(_main(parser.parse_args())))
+    except asyncio.CancelledError:
+        sys.exit(143)
