@@ -36,7 +36,7 @@ constraints:
 
 sdk-preview: $(SDK_STAMP)
 
-# httptools: the tests' servers come from processor/serving.py, whose HTTP limits build on it; the stamp
+# httptools: the tests' servers come from processor/runtime/serving.py, whose HTTP limits build on it; the stamp
 # follows this file so a venv made before a pin was added gets it
 $(SDK_STAMP): Makefile
 	test -x $(SDK_VENV)/bin/python || $(PYTHON) -m venv $(SDK_VENV)

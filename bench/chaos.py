@@ -92,7 +92,7 @@ def embedded(opts: RunOptions, workdir: Path) -> bool:
             quiescence_s=quiescence, faults=fired)
     finally:
         stop_all(procs, found)
-        from processor.database import stop_embedded_server
+        from processor.db.pool import stop_embedded_server
 
         stop_embedded_server(workdir / "var")  # a server left by a crash must not outlive its directory
     return report(f"embedded default: N={count}, seed {seed}", evidence)
@@ -103,8 +103,8 @@ def read_embedded_topics(env: Mapping[str, str]) -> tuple[dict[str, list[TopicRe
     through the processor's event-log API, outside any consumer group."""
     import asyncio
 
-    from processor.database import Database
-    from processor.eventlog import open_event_log
+    from processor.db.pool import Database
+    from processor.eventlog.factory import open_event_log
     from processor.settings import Settings
 
     settings = Settings.from_env(dict(env))

@@ -12,7 +12,7 @@ from chaos_checks import Evidence, TopicRecord
 from chaos_rig import Proc, ProcessorView, processor_argv, run_cli, start_emulator, wait_until
 from chaos_traffic import RunOptions, Traffic, base_env, deaths, free_port, report, settle, stop_all
 
-from processor.devkafka import KafkaBroker
+from processor.dev.kafka import KafkaBroker
 
 PREFIX = "chaos."
 WEBHOOK_SECRET = "whsec_chaos_" + "1" * 24

@@ -43,9 +43,9 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from processor.devkafka import KafkaBroker  # noqa: E402
+from processor.dev.kafka import KafkaBroker  # noqa: E402
 from processor.ingress.signature import sign  # noqa: E402
-from processor.serving import free_port  # noqa: E402
+from processor.runtime.serving import free_port  # noqa: E402
 
 SECRET = "whsec_bench_0123456789abcdef"
 PATH = "/webhooks/stripe"
@@ -274,7 +274,7 @@ def server(
 
 
 async def create_topics(bootstrap: str, topics: list[str], partitions: int) -> None:
-    from processor.eventlog.kafka import KafkaEventLog
+    from processor.eventlog.kafka.log import KafkaEventLog
     from processor.settings import Settings
 
     security = Settings.from_env().kafka_security  # PROCESSOR_KAFKA_* security settings, for a secured cluster

@@ -42,20 +42,18 @@ import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "consumer"))
-
-from lifecycle_harness import PATHS, drive  # noqa: E402
 
 from processor import constants as c  # noqa: E402
-from processor import migrate  # noqa: E402
-from processor.database import start_embedded_server, stop_embedded_server  # noqa: E402
-from processor.devkafka import KafkaBroker  # noqa: E402
-from processor.emulator.config import EmulatorConfig, Knobs  # noqa: E402
-from processor.emulator.runner import RunningEmulator, running_emulator  # noqa: E402
-from processor.eventlog.kafka import KafkaEventLog  # noqa: E402
+from processor.db import migrate  # noqa: E402
+from processor.db.pool import start_embedded_server, stop_embedded_server  # noqa: E402
+from processor.dev.emulator.config import EmulatorConfig, Knobs  # noqa: E402
+from processor.dev.emulator.runner import RunningEmulator, running_emulator  # noqa: E402
+from processor.dev.kafka import KafkaBroker  # noqa: E402
+from processor.eventlog.kafka.log import KafkaEventLog  # noqa: E402
 from processor.ingress.envelope import parse_envelope  # noqa: E402
-from processor.serving import free_port  # noqa: E402
+from processor.runtime.serving import free_port  # noqa: E402
 from processor.settings import Settings  # noqa: E402
+from tests.support.lifecycle_harness import PATHS, drive  # noqa: E402
 
 PARAMS = {
     "enable_mcp_access": False,

@@ -24,12 +24,12 @@ from pathlib import Path
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from processor import migrate
-from processor.database import start_embedded_server, stop_embedded_server
-from processor.devkafka import KafkaBroker
+from processor.db import migrate
+from processor.db.pool import start_embedded_server, stop_embedded_server
+from processor.dev.kafka import KafkaBroker
 from processor.eventlog.base import EventLog
-from processor.eventlog.kafka import KafkaEventLog
-from processor.eventlog.postgres import PostgresEventLog
+from processor.eventlog.kafka.log import KafkaEventLog
+from processor.eventlog.postgres.log import PostgresEventLog
 
 PARTITIONS = 4
 IN_FLIGHT = 2000  # concurrent publish() calls, like many ingress requests at once

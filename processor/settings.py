@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from processor import constants as c
 from processor.errors import ConfigError
-from processor.kafka_security import PLAINTEXT, KafkaSecurity
+from processor.eventlog.kafka.security import PLAINTEXT, KafkaSecurity
 
 
 class Secret:

@@ -18,11 +18,12 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from processor import constants, migrate
-from processor.database import Database, start_embedded_server, stop_embedded_server
-from processor.devkafka import KafkaBroker
-from processor.eventlog.kafka import KafkaEventLog
-from processor.eventlog.postgres import PostgresEventLog
+from processor import constants
+from processor.db import migrate
+from processor.db.pool import Database, start_embedded_server, stop_embedded_server
+from processor.dev.kafka import KafkaBroker
+from processor.eventlog.kafka.log import KafkaEventLog
+from processor.eventlog.postgres.log import PostgresEventLog
 from processor.settings import Secret, Settings
 
 #: a dead consumer loses its partitions this fast in the PostgreSQL log under test

@@ -3,7 +3,7 @@
     checks.py compose COMPOSE_FILE SCHEMA_JSON       compose-spec schema + references between services
     checks.py exprs RULES_FILE DASHBOARD_JSON         PromQL of alerts and dashboard, as JSON for rulecheck
     checks.py metrics README NAMES_JSON               every metric an expression selects is in the contract
-    checks.py topics RENDERED_YAML [PREFIX]           Strimzi KafkaTopics equal processor/topics.py
+    checks.py topics RENDERED_YAML [PREFIX]           Strimzi KafkaTopics equal processor/eventlog/kafka/topics.py
     checks.py prometheusrule RENDERED_YAML OUT        extract a PrometheusRule's groups for rulecheck
 
 Each prints what it found and exits 1 on a finding, so validate.sh can run them all and sum up.
@@ -89,9 +89,9 @@ def check_metrics(readme: Path, names: list[str]) -> list[str]:
 
 
 def check_topics(rendered: Path, prefix: str = "") -> list[str]:
-    """Every KafkaTopic the chart renders has exactly the settings processor/topics.py gives it."""
+    """Every KafkaTopic the chart renders has exactly the settings processor/eventlog/kafka/topics.py gives it."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from processor.topics import TOPICS
+    from processor.eventlog.kafka.topics import TOPICS
 
     found = {
         doc["spec"]["topicName"]: doc
@@ -112,8 +112,8 @@ def check_topics(rendered: Path, prefix: str = "") -> list[str]:
         )
         wanted = (spec.partitions, spec.replication_factor, dict(spec.config))
         if actual != wanted:
-            problems.append(f"KafkaTopic {name}: {actual} != processor/topics.py {wanted}")
-    problems += [f"KafkaTopic {name} is not in processor/topics.py" for name in found]
+            problems.append(f"KafkaTopic {name}: {actual} != processor/eventlog/kafka/topics.py {wanted}")
+    problems += [f"KafkaTopic {name} is not in processor/eventlog/kafka/topics.py" for name in found]
     return problems
 
 

@@ -25,11 +25,11 @@ from processor.api.refresh import RefreshEndpoint
 from processor.api.responses import database_failure, error, stripe_failure
 from processor.api.sandboxes import SandboxEndpoints
 from processor.api.store import ApiStore
-from processor.applier import Applier
-from processor.database import DATABASE_ERRORS, Database
+from processor.consumer.applier import Applier
+from processor.db.pool import DATABASE_ERRORS, Database
 from processor.errors import ConfigError, DatabaseUnavailable, StripeError
 from processor.settings import Secret, Settings
-from processor.stripe_client import StripeApi
+from processor.stripe_api.client import StripeApi
 
 log = logging.getLogger("processor.api")
 

@@ -26,11 +26,11 @@ from starlette.responses import RedirectResponse, Response
 from processor.api import pages
 from processor.api.ratelimit import KeyedRateLimit
 from processor.api.store import ApiStore
-from processor.database import DATABASE_ERRORS
+from processor.db.pool import DATABASE_ERRORS
 from processor.errors import StripeError
 from processor.lifecycle import State
 from processor.settings import Secret
-from processor.stripe_client import StripeApi
+from processor.stripe_api.client import StripeApi
 
 log = logging.getLogger("processor.api")
 

@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from processor.applier import Applier, Observation
+from processor.consumer.applier import Applier, Observation
+from processor.consumer.inbound import Action, Inbound
 from processor.errors import StripeError
 from processor.eventlog.base import Record
-from processor.inbound import Action, Inbound
 from processor.lifecycle import observed_state
-from processor.stripe_client import StripeApi
+from processor.stripe_api.client import StripeApi
 
 log = logging.getLogger("processor.api")
 

@@ -35,10 +35,10 @@ from processor.api.refresh import refresh_url
 from processor.api.registration import register_created
 from processor.api.responses import error, json_response
 from processor.api.store import ApiStore, InvalidCursor, decode_cursor
-from processor.applier import Applier
+from processor.consumer.applier import Applier
 from processor.lifecycle import State
 from processor.settings import Secret
-from processor.stripe_client import StripeApi
+from processor.stripe_api.client import StripeApi
 
 log = logging.getLogger("processor.api")
 

@@ -1,6 +1,6 @@
-"""The event log: one interface, two backends (Kafka, and a table in PostgreSQL for the embedded default)."""
+"""The event log: one interface (`base`), two backends (`kafka/`, and `postgres/`: a table in PostgreSQL for the
+embedded default), and `factory.open_event_log` picking one from the settings.
 
-from processor.eventlog.base import EventLog, LogConsumer, Published, Record, TopicPartition
-from processor.eventlog.factory import open_event_log
-
-__all__ = ["EventLog", "LogConsumer", "Published", "Record", "TopicPartition", "open_event_log"]
+Nothing is imported here: settings read `kafka.security`, and importing the backends would load aiokafka and
+asyncpg into every command.
+"""

@@ -5,12 +5,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from processor import kafka_outage
-from processor.database import Database
+from processor.db.pool import Database
 from processor.eventlog.base import EventLog
-from processor.eventlog.kafka import KafkaEventLog
-from processor.eventlog.postgres import PostgresEventLog
-from processor.eventlog.postgres_writer import WriterLimits
+from processor.eventlog.kafka import outage as kafka_outage
+from processor.eventlog.kafka.log import KafkaEventLog
+from processor.eventlog.postgres.log import PostgresEventLog
+from processor.eventlog.postgres.writer import WriterLimits
 from processor.settings import Settings
 
 

@@ -25,7 +25,9 @@ RETRY_MAX_S = 30.0
 
 async def hold_event_log(settings: Settings, attach: Callable[[EventLog | None], None], stop: asyncio.Event) -> None:
     """Open the log from `settings`, hand it to `attach`, keep it until `stop`; retry while it cannot open."""
-    from processor.eventlog import open_event_log  # the backends' imports are heavy; only the ingress needs this
+    from processor.eventlog.factory import (
+        open_event_log,  # the backends' imports are heavy; only the ingress needs this
+    )
 
     delay, last_reason = RETRY_FIRST_S, ""
     while not stop.is_set():

@@ -11,7 +11,7 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from processor.inbound import ACCOUNT_TYPES, EXPIRING, OBSERVATION_TYPES
+from processor.consumer.inbound import ACCOUNT_TYPES, EXPIRING, OBSERVATION_TYPES
 
 #: label value for deliveries rejected before their event type was known
 UNKNOWN_TYPE = "unknown"

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
+from processor.lifecycle.decide import Step
 from processor.lifecycle.machine import ChartError, Lifecycle, SandboxModel
-from processor.lifecycle.progress import Step
 from processor.lifecycle.state import State
 
 

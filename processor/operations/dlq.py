@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 
 from processor import constants as c
-from processor.database import Database
+from processor.db.pool import Database
 from processor.eventlog.base import EventLog, Record, TopicPartition
-from processor.eventlog.postgres import PostgresEventLog
+from processor.eventlog.postgres.log import PostgresEventLog
 from processor.settings import Settings
 
 #: records read from the log per request

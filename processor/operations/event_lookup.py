@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from processor.database import Database
+from processor.db.pool import Database
 from processor.eventlog.base import EventLog
 from processor.operations import dlq as dlq_ops
 from processor.operations.inspect import plain_row

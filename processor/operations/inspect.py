@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from processor.database import Database
+from processor.db.pool import Database
 from processor.timestamps import rfc3339
 
 #: history rows and processed events `sandbox show` prints by default

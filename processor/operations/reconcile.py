@@ -27,20 +27,20 @@ from typing import Any
 import orjson
 
 from processor import constants as c
-from processor.applier import Applier, BatchResult, Observation, Repair
-from processor.database import Database
+from processor.consumer.applier import Applier, BatchResult, Observation, Repair
+from processor.consumer.inbound import SANDBOX_PREFIX, Action, Inbound, parse
+from processor.db.pool import Database
 from processor.errors import PoisonEvent, StripeError
 from processor.eventlog.base import EventLog, Record
-from processor.inbound import SANDBOX_PREFIX, Action, Inbound, parse
 from processor.lifecycle import Outcome, State, decide, observed_state
 from processor.lifecycle.messages import rfc3339
 from processor.operations.progress import NoProgress, Progress
 from processor.operations.replay import STRIPE_RETENTION
 from processor.operations.status import read_status
 from processor.operations.stripe_events import v1_account_events
+from processor.runtime.metrics import WorkerMetrics
 from processor.settings import Settings
-from processor.stripe_client import StripeApi
-from processor.worker_metrics import WorkerMetrics
+from processor.stripe_api.client import StripeApi
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import orjson
 
 from processor import constants as c
-from processor.database import Database
+from processor.db.pool import Database
 from processor.errors import ProcessorError
 from processor.eventlog.base import EventLog, Headers, Record, TopicPartition
 from processor.ingress.envelope import EnvelopeError, parse_envelope
@@ -33,7 +33,7 @@ from processor.operations.progress import NoProgress, Progress
 from processor.operations.stripe_events import v1_account_events, v2_events
 from processor.operations.timespec import parse_moment
 from processor.settings import Settings
-from processor.stripe_client import StripeApi
+from processor.stripe_api.client import StripeApi
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from processor.database import Database
-from processor.eventlog import open_event_log
+from processor.db.pool import Database
 from processor.eventlog.base import EventLog
+from processor.eventlog.factory import open_event_log
 from processor.settings import Settings
-from processor.stripe_client import StripeApi
+from processor.stripe_api.client import StripeApi
 
 
 @dataclass(frozen=True, slots=True)

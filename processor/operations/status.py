@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from processor import constants as c
-from processor.database import Database
+from processor.db.pool import Database
 from processor.eventlog.base import EventLog
+from processor.runtime.metrics import WorkerMetrics
 from processor.settings import Settings
-from processor.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-from processor.inbound import ACCOUNT_TYPES
+from processor.consumer.inbound import ACCOUNT_TYPES
 from processor.lifecycle.messages import rfc3339
-from processor.stripe_client import StripeApi
+from processor.stripe_api.client import StripeApi
 
 #: events per page (Stripe's maximum for both APIs)
 PAGE_SIZE = 100

@@ -6,14 +6,14 @@ from dataclasses import replace
 
 import httpx
 import pytest
-from api_harness import api_stack
 
 from processor.api import build_api_routes
 from processor.api.refresh import refresh_url
-from processor.database import Database
+from processor.db.pool import Database
 from processor.errors import ConfigError
 from processor.settings import Secret, Settings
-from processor.stripe_client import StripeApi
+from processor.stripe_api.client import StripeApi
+from tests.support.api_harness import api_stack
 
 
 async def test_stripe_outage_answers_503_and_a_retry_succeeds(pg_settings: Settings, database: Database) -> None:

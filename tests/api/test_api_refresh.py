@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import httpx
-from api_harness import SIGNING_KEY, api_stack
 
 from processor.api.refresh import sign
-from processor.database import Database
+from processor.db.pool import Database
 from processor.settings import Secret, Settings
+from tests.support.api_harness import SIGNING_KEY, api_stack
 
 
 async def test_refresh_url_sends_the_user_to_a_new_link(pg_settings: Settings, database: Database) -> None:

@@ -7,10 +7,10 @@ import logging
 
 import httpx
 import pytest
-from api_harness import OTHER_TOKEN, TOKEN, api_stack
 
-from processor.database import Database
+from processor.db.pool import Database
 from processor.settings import Settings
+from tests.support.api_harness import OTHER_TOKEN, TOKEN, api_stack
 
 
 async def test_requests_without_a_valid_token_are_refused(pg_settings: Settings, database: Database) -> None:

@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 
 import asyncpg
-from lifecycle_harness import (
+
+from processor import constants as c
+from processor.consumer.inbound import Action, parse
+from processor.dev.emulator.config import Knobs
+from processor.eventlog.kafka.log import KafkaEventLog
+from processor.settings import Settings
+from processor.stripe_api.client import StripeApi
+from tests.support.lifecycle_harness import (
     check_paths,
     create_sandboxes,
     drive,
@@ -20,13 +27,6 @@ from lifecycle_harness import (
     read_topic,
     wait_for,
 )
-
-from processor import constants as c
-from processor.emulator.config import Knobs
-from processor.eventlog.kafka import KafkaEventLog
-from processor.inbound import Action, parse
-from processor.settings import Settings
-from processor.stripe_client import StripeApi
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,18 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import asyncpg
-from lifecycle_harness import (
+
+from processor.consumer.loop import ConsumerOptions
+from processor.db.pool import Database
+from processor.dev.emulator.config import Knobs
+from processor.eventlog.base import EventLog
+from processor.eventlog.kafka.log import KafkaEventLog
+from processor.eventlog.postgres.log import PostgresEventLog
+from processor.runtime.metrics import WorkerMetrics
+from processor.runtime.worker import WorkerOptions, run_worker
+from processor.settings import Secret, Settings
+from processor.stripe_api.client import StripeApi
+from tests.support.lifecycle_harness import (
     check_paths,
     create_sandboxes,
     drive,
@@ -18,17 +29,6 @@ from lifecycle_harness import (
     settled,
     wait_for,
 )
-
-from processor.consumer import ConsumerOptions
-from processor.database import Database
-from processor.emulator.config import Knobs
-from processor.eventlog.base import EventLog
-from processor.eventlog.kafka import KafkaEventLog
-from processor.eventlog.postgres import PostgresEventLog
-from processor.settings import Secret, Settings
-from processor.stripe_client import StripeApi
-from processor.worker import WorkerOptions, run_worker
-from processor.worker_metrics import WorkerMetrics
 
 
 @contextlib.asynccontextmanager

@@ -10,7 +10,20 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import asyncpg
-from lifecycle_harness import (
+
+from processor import constants as c
+from processor.consumer.inbound import Action, parse
+from processor.consumer.loop import ConsumerOptions, run_consumer
+from processor.db.pool import Database
+from processor.dev.emulator.config import Knobs
+from processor.eventlog.base import EventLog
+from processor.eventlog.kafka.log import KafkaEventLog
+from processor.lifecycle import State
+from processor.outbox.relay import run_relay
+from processor.runtime.metrics import WorkerMetrics
+from processor.settings import Secret, Settings
+from processor.stripe_api.client import StripeApi
+from tests.support.lifecycle_harness import (
     check_paths,
     create_sandboxes,
     drive,
@@ -21,20 +34,7 @@ from lifecycle_harness import (
     settled,
     wait_for,
 )
-
-from processor import constants as c
-from processor.consumer import ConsumerOptions, run_consumer
-from processor.database import Database
-from processor.emulator.config import Knobs
-from processor.eventlog.base import EventLog
-from processor.eventlog.kafka import KafkaEventLog
-from processor.inbound import Action, parse
-from processor.lifecycle import State
-from processor.relay import run_relay
-from processor.schemas import record_view, validate
-from processor.settings import Secret, Settings
-from processor.stripe_client import StripeApi
-from processor.worker_metrics import WorkerMetrics
+from tests.support.schemas import record_view, validate
 
 
 @contextlib.asynccontextmanager

@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from lifecycle_harness import Stack, create_sandboxes, emulator_stack, expected_states, settled, wait_for
 
-from processor.consumer import ConsumerOptions
-from processor.database import Database
-from processor.eventlog.postgres import PostgresEventLog
+from processor.consumer.loop import ConsumerOptions
+from processor.db.pool import Database
+from processor.eventlog.postgres.log import PostgresEventLog
+from processor.runtime.worker import WorkerOptions, WorkerStatus, run_worker
 from processor.settings import Settings
-from processor.stripe_client import StripeApi
-from processor.worker import WorkerOptions, WorkerStatus, run_worker
+from processor.stripe_api.client import StripeApi
+from tests.support.lifecycle_harness import Stack, create_sandboxes, emulator_stack, expected_states, settled, wait_for
 
 #: per statement of the PostgreSQL log's consumer: the table a second session locks so that the statement
 #: waits (and can be killed while in flight), the lock mode, and how to recognise the statement
@@ -100,7 +100,7 @@ async def test_worker_rides_out_a_database_that_refuses_connections(
 ) -> None:
     """While the database of the log refuses every connection, the worker is not ready and its consumer retries,
     saying so once (not once per attempt); once the database is back, it is ready and applies new events."""
-    caplog.set_level(logging.DEBUG, logger="processor.consumer")
+    caplog.set_level(logging.DEBUG, logger="processor.consumer.loop")
     probe = await asyncpg.connect(pg_dsn)
     try:
         name = await probe.fetchval("SELECT current_database()")

@@ -6,7 +6,15 @@ import json
 from typing import Any
 
 import httpx
-from lifecycle_harness import (
+from test_consumer_end_to_end import worker
+
+from processor import constants as c
+from processor.db.pool import Database
+from processor.eventlog.postgres.log import PostgresEventLog
+from processor.ingress.signature import sign
+from processor.settings import Settings
+from processor.stripe_api.client import StripeApi
+from tests.support.lifecycle_harness import (
     WEBHOOK_SECRET,
     create_sandboxes,
     drive,
@@ -17,14 +25,6 @@ from lifecycle_harness import (
     settled,
     wait_for,
 )
-from test_consumer_end_to_end import worker
-
-from processor import constants as c
-from processor.database import Database
-from processor.eventlog.postgres import PostgresEventLog
-from processor.ingress.signature import sign
-from processor.settings import Settings
-from processor.stripe_client import StripeApi
 
 
 def poison_bodies(sandbox_id: str, account: str) -> dict[str, dict[str, Any]]:

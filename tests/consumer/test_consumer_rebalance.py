@@ -6,14 +6,13 @@ import asyncio
 from dataclasses import replace
 from typing import Any
 
-from lifecycle_harness import create_sandboxes, emulator_stack, wait_for
-
-from processor.consumer import ConsumerOptions, run_consumer
-from processor.database import Database
+from processor.consumer.loop import ConsumerOptions, run_consumer
+from processor.db.pool import Database
 from processor.errors import StripeError
-from processor.eventlog.kafka import KafkaEventLog
+from processor.eventlog.kafka.log import KafkaEventLog
 from processor.settings import Secret, Settings
-from processor.stripe_client import StripeApi
+from processor.stripe_api.client import StripeApi
+from tests.support.lifecycle_harness import create_sandboxes, emulator_stack, wait_for
 
 
 class GatedStripe(StripeApi):

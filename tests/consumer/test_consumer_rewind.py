@@ -7,15 +7,15 @@ import asyncio
 from typing import Any
 
 import asyncpg
-from lifecycle_harness import create_sandboxes, emulator_stack, wait_for
 
 from processor import constants as c
-from processor.consumer import ConsumerOptions, run_consumer
-from processor.database import Database
+from processor.consumer.loop import ConsumerOptions, run_consumer
+from processor.db.pool import Database
 from processor.errors import StripeError
-from processor.eventlog.postgres import PostgresEventLog
+from processor.eventlog.postgres.log import PostgresEventLog
 from processor.settings import Settings
-from processor.stripe_client import StripeApi
+from processor.stripe_api.client import StripeApi
+from tests.support.lifecycle_harness import create_sandboxes, emulator_stack, wait_for
 
 
 class FailsOnceFor(StripeApi):

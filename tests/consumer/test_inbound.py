@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from processor.consumer.inbound import Inbound, MalformedEvent, parse
 from processor.eventlog.base import Record
-from processor.inbound import Inbound, MalformedEvent, parse
 
 
 def record(body: Any, raw: bytes | None = None) -> Record:

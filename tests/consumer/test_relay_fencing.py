@@ -19,17 +19,17 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka import TopicPartition as KafkaTP
-from lifecycle_harness import read_topic
 
 from processor import constants
-from processor.database import Database
+from processor.db.pool import Database
 from processor.errors import DatabaseUnavailable, Fenced, LogUnavailable
 from processor.eventlog.base import EventLog, FencedPublisher, Headers, Published
-from processor.eventlog.kafka import KafkaEventLog
+from processor.eventlog.kafka.log import KafkaEventLog
 from processor.lifecycle.messages import SNAPSHOT_CONTENT_TYPE, state_snapshot
 from processor.lifecycle.state import State
-from processor.relay import RELAY_LOCK_ID, OutboxRelay
-from processor.schemas import validate
+from processor.outbox.relay import RELAY_LOCK_ID, OutboxRelay
+from tests.support.lifecycle_harness import read_topic
+from tests.support.schemas import validate
 
 SANDBOX = "sbx_fenced"
 

@@ -1,6 +1,6 @@
 """The processor on a secured cluster: one real broker with SASL_SSL (SCRAM) and mutual-TLS listeners and ACLs on.
 
-The processor's user may do exactly what processor/kafka_acls.py grants the ingress and the lifecycle worker on
+The processor's user may do exactly what processor/eventlog/kafka/acls.py grants the ingress and the lifecycle worker on
 topics the platform team created (it may not create topics). Misconfigurations fail with an error that names
 what to fix, and the ingress never acknowledges a delivery it could not write.
 """
@@ -22,15 +22,15 @@ import pytest_asyncio
 from test_consumer_end_to_end import run_end_to_end
 
 from processor import constants as c
-from processor.devcerts import CertificateAuthority
-from processor.devkafka import KafkaBroker
-from processor.devkafka_security import Acl, BrokerSecurity
+from processor.dev.certs import CertificateAuthority
+from processor.dev.kafka import KafkaBroker
+from processor.dev.kafka_security import Acl, BrokerSecurity
 from processor.eventlog.base import TopicPartition
-from processor.eventlog.kafka import KafkaEventLog
+from processor.eventlog.kafka.acls import Permission, merged
+from processor.eventlog.kafka.log import KafkaEventLog
 from processor.ingress import build_app
 from processor.ingress.signature import sign
-from processor.kafka_acls import Permission, merged
-from processor.serving import serving
+from processor.runtime.serving import serving
 from processor.settings import Settings
 
 WEBHOOK_SECRET = "whsec_secured_0123456789abcdef"

@@ -45,7 +45,7 @@ async def test_every_artefact_is_valid() -> None:
     for check in (
         "kubeconform (default",
         "kubeconform (full",
-        "KafkaTopics equal processor/topics.py",
+        "KafkaTopics equal processor/eventlog/kafka/topics.py",
         "compose file",
         "Dockerfile (hadolint",
         "alert rules",
@@ -65,7 +65,7 @@ async def test_each_check_rejects_a_broken_artefact(tmp_path: Path) -> None:
     deployments.write_text(deployments.read_text().replace("  revisionHistoryLimit: 5", "  revisionHistroyLimit: 5"))
     topics = chart / "templates/kafkatopics.yaml"
     topics.write_text(topics.read_text().replace("  replicas: {{", "  replica: {{"))
-    # a hand edit of the generated topic file: no longer what processor/topics.py says
+    # a hand edit of the generated topic file: no longer what processor/eventlog/kafka/topics.py says
     spec_file = chart / "files/topics.yaml"
     spec_file.write_text(spec_file.read_text().replace("partitions: 12", "partitions: 6", 1))
 

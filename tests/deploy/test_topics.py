@@ -1,4 +1,5 @@
-"""processor/topics.py is the one source of topic settings, and `processor topics create|show` honours it."""
+"""processor/eventlog/kafka/topics.py is the one source of topic settings, and `processor topics create|show`
+honours it."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from processor import constants as c
-from processor.commands.topics import write_spec
+from processor.cli.topics import write_spec
+from processor.eventlog.kafka.admin import compare, ensure_topics
+from processor.eventlog.kafka.topics import TOPICS, spec_document, topic_specs
 from processor.settings import Settings
-from processor.topicadmin import compare, ensure_topics
-from processor.topics import TOPICS, spec_document, topic_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART_TOPICS = ROOT / "deploy/helm/claimable-sandbox-processor/files/topics.yaml"

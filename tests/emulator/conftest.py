@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from emulator_client import api_client
 
-from processor.emulator import EmulatorConfig, Knobs, RunningEmulator, running_emulator
+from processor.dev.emulator import EmulatorConfig, Knobs, RunningEmulator, running_emulator
+from tests.support.emulator_client import api_client
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ from datetime import datetime, timedelta
 
 import httpx
 import pytest
-from emulator_client import VERSION
 
-from processor.emulator import RunningEmulator
+from processor.dev.emulator import RunningEmulator
+from tests.support.emulator_client import VERSION
 
 CREATE = {
     "app_channel": "testing",

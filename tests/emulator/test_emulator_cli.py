@@ -8,10 +8,10 @@ import sys
 import httpx
 import pytest
 
-from processor.cli import build_parser
-from processor.commands.emulator import config_from_args
+from processor.cli.emulator import config_from_args
+from processor.cli.main import build_parser
 from processor.errors import ConfigError
-from processor.serving import free_port
+from processor.runtime.serving import free_port
 
 
 def test_options_become_config() -> None:

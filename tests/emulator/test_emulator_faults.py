@@ -6,9 +6,9 @@ import asyncio
 import time
 
 import httpx
-from emulator_client import api_client
 
-from processor.emulator import EmulatorConfig, Knobs, running_emulator
+from processor.dev.emulator import EmulatorConfig, Knobs, running_emulator
+from tests.support.emulator_client import api_client
 
 
 async def test_default_rate_limit_is_25_per_second() -> None:

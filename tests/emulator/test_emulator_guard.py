@@ -9,13 +9,13 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from emulator_client import VERSION, api_client
 
-from processor.cli import build_parser
-from processor.commands.emulator import config_from_args
-from processor.emulator import EmulatorConfig, RunningEmulator, running_emulator
+from processor.cli.emulator import config_from_args
+from processor.cli.main import build_parser
+from processor.dev.emulator import EmulatorConfig, RunningEmulator, running_emulator
 from processor.errors import ConfigError
-from processor.serving import free_port
+from processor.runtime.serving import free_port
+from tests.support.emulator_client import VERSION, api_client
 
 CREATE = {
     "enable_mcp_access": False,

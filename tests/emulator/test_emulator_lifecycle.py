@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import httpx
 
-from processor.emulator import RunningEmulator
+from processor.dev.emulator import RunningEmulator
 
 CREATE = {
     "enable_mcp_access": False,

@@ -7,10 +7,10 @@ from collections import Counter
 from datetime import timedelta
 
 import stripe
-from emulator_client import api_client
-from emulator_receiver import running_receiver
 
-from processor.emulator import EmulatorConfig, Knobs, running_emulator
+from processor.dev.emulator import EmulatorConfig, Knobs, running_emulator
+from tests.support.emulator_client import api_client
+from tests.support.emulator_receiver import running_receiver
 
 CREATE = {
     "enable_mcp_access": False,

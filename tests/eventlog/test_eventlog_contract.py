@@ -16,9 +16,11 @@ import pytest
 import pytest_asyncio
 
 from processor.eventlog.base import EventLog, LogConsumer, Record, TopicPartition
-from processor.eventlog.kafka import KafkaEventLog
-from processor.eventlog.postgres import PostgresEventLog
+from processor.eventlog.kafka.log import KafkaEventLog
+from processor.eventlog.postgres.log import PostgresEventLog
 
+#: run as a separate process that commits part of a batch and waits to be SIGKILLed
+KILLABLE_CONSUMER = Path(__file__).resolve().parents[1] / "support" / "killable_consumer.py"
 PARTITIONS = 4
 
 
@@ -130,9 +132,8 @@ async def test_uncommitted_records_are_redelivered_after_kill(backend: Backend) 
     topic = await backend.topic()
     await backend.log.publish_many([(topic, f"k{i}".encode(), f"{i}".encode(), ()) for i in range(200)])
     group = f"g-{uuid.uuid4().hex[:6]}"
-    script = Path(__file__).with_name("killable_consumer.py")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), backend.name, backend.address, topic, group, "50",
+        sys.executable, str(KILLABLE_CONSUMER), backend.name, backend.address, topic, group, "50",
         stdout=asyncio.subprocess.PIPE,
     )
     try:

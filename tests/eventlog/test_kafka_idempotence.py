@@ -10,7 +10,7 @@ from aiokafka.errors import RequestTimedOutError
 from aiokafka.protocol.produce import ProduceRequest
 
 from processor.eventlog.base import TopicPartition
-from processor.eventlog.kafka import KafkaEventLog
+from processor.eventlog.kafka.log import KafkaEventLog
 
 
 async def test_a_batch_resent_after_a_lost_answer_is_written_once(kafka_bootstrap: str) -> None:

@@ -13,12 +13,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from processor import constants as c
-from processor.devkafka import KafkaBroker
-from processor.eventlog import open_event_log
+from processor.dev.kafka import KafkaBroker
 from processor.eventlog.base import LogConsumer, Record
-from processor.kafka_outage import CONNECTION_ERRORS, TRACKER
+from processor.eventlog.factory import open_event_log
+from processor.eventlog.kafka.outage import CONNECTION_ERRORS, TRACKER
+from processor.runtime.metrics import WorkerMetrics
 from processor.settings import Settings
-from processor.worker_metrics import WorkerMetrics
 
 
 async def _until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -75,7 +75,7 @@ async def test_a_broker_outage_logs_two_lines_and_counts_the_errors(
                     await poller
     spam = [r for r in caplog.records if r.name.startswith("aiokafka") and str(r.msg).startswith(CONNECTION_ERRORS)]
     assert spam == []
-    ours = [r.getMessage() for r in caplog.records if r.name == "processor.kafka_outage"]
+    ours = [r.getMessage() for r in caplog.records if r.name == "processor.eventlog.kafka.outage"]
     assert (
         len(ours) == 2
         and ours[0].startswith("Kafka is unreachable: ")

@@ -6,7 +6,7 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, RequestTimedOutError
 
 from processor.errors import LogUnavailable
-from processor.eventlog.kafka import KafkaEventLog
+from processor.eventlog.kafka.log import KafkaEventLog
 
 
 @pytest.mark.parametrize("error", [KafkaConnectionError(), KafkaTimeoutError(), RequestTimedOutError()])

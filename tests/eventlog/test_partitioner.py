@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from processor.eventlog.base import EventLog
-from processor.eventlog.partitioner import kafka_partitioner, partition_for
+from processor.eventlog.kafka.partitioner import kafka_partitioner, partition_for
 
 #: murmur2 of these UTF-8 keys as org.apache.kafka.common.utils.Utils.murmur2 returns it (a signed Java int),
 #: the vectors other Kafka-compatible clients test against

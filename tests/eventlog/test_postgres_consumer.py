@@ -9,7 +9,7 @@ import uuid
 import asyncpg
 
 from processor.eventlog.base import TopicPartition
-from processor.eventlog.postgres import PostgresEventLog
+from processor.eventlog.postgres.log import PostgresEventLog
 
 
 async def wait_until_fetch_waits_for_lock(watcher: asyncpg.Connection, timeout_s: float = 30.0) -> None:

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 import pytest
 
-from processor.database import Database
+from processor.db.pool import Database
 from processor.errors import LogUnavailable
 from processor.eventlog.base import Record
-from processor.eventlog.postgres import PostgresEventLog
-from processor.eventlog.postgres_writer import WriterLimits
+from processor.eventlog.postgres.log import PostgresEventLog
+from processor.eventlog.postgres.writer import WriterLimits
 
 BODY_BYTES = 64 * 1024
 TOPIC = "writer.test"

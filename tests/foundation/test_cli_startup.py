@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from processor.cli import COMMAND_MODULES, build_parser
+from processor.cli.main import COMMAND_MODULES, build_parser
 
 #: libraries that cost most of a second to import and that reading one sandbox does not need
 HEAVY = ("aiokafka", "stripe", "aiohttp", "statemachine", "uvicorn", "starlette", "prometheus_client")
@@ -29,9 +29,9 @@ def test_sandbox_show_imports_nothing_heavy() -> None:
     """Parsing `sandbox show --json` and loading what its handler runs leaves every heavy library unimported."""
     probe = (
         "import sys\n"
-        "from processor.cli import build_parser\n"
+        "from processor.cli.main import build_parser\n"
         "args = build_parser('sandbox').parse_args(['sandbox', 'show', 'x', '--json'])\n"
-        "import processor.database, processor.operations.inspect, processor.settings\n"
+        "import processor.db.pool, processor.operations.inspect, processor.settings\n"
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)

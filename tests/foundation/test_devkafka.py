@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from processor.devkafka import KAFKA_VERSION, default_cache_dir, fetch_jars, new_cluster_id
+from processor.dev.kafka import KAFKA_VERSION, default_cache_dir, fetch_jars, new_cluster_id
 from processor.errors import LogUnavailable
 from processor.eventlog.base import TopicPartition
-from processor.eventlog.kafka import KafkaEventLog
+from processor.eventlog.kafka.log import KafkaEventLog
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

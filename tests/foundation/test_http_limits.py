@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 
 from processor.ingress import build_app
 from processor.ingress.signature import sign
-from processor.serving import serving
+from processor.runtime.serving import serving
 from processor.settings import Secret, Settings
 
 SECRET = "whsec_limits_0123456789abcdef"

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from processor import constants as c
-from processor.kafka_acls import RELAY_TRANSACTIONAL_ID, ROLES, merged, permissions
-from processor.relay import RELAY_ROLE
+from processor.eventlog.kafka.acls import RELAY_TRANSACTIONAL_ID, ROLES, merged, permissions
+from processor.outbox.relay import RELAY_ROLE
 
 
 def test_relay_transactional_id_is_the_relays_role() -> None:
-    """The transactional id granted to the relay is the one processor/relay.py claims."""
+    """The transactional id granted to the relay is the one processor/outbox/relay.py claims."""
     assert RELAY_TRANSACTIONAL_ID == RELAY_ROLE
     granted = {(p.resource_type, p.name) for p in permissions("relay", "prod.")}
     assert ("transactionalId", f"prod.{RELAY_ROLE}") in granted

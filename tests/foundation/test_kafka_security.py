@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from processor.devcerts import CertificateAuthority
+from processor.dev.certs import CertificateAuthority
 from processor.errors import ConfigError
 from processor.settings import Settings
 

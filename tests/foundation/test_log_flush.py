@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from processor.serving import free_port
+from processor.runtime.serving import free_port
 
 
 def _count(path: Path, text: str) -> int:

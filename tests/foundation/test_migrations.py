@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from processor import migrate
+from processor.db import migrate
 
 
 async def test_upgrade_twice_is_a_no_op(pg_dsn: str) -> None:

@@ -20,6 +20,6 @@ def test_wheel_carries_data_folders(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"processor/_data/statemachine/{p.name}" for p in (ROOT / "statemachine").iterdir()}
     expected |= {f"processor/_data/schemas/{p.name}" for p in (ROOT / "schemas").iterdir()}
-    expected |= {f"processor/migrations/{p.name}" for p in (ROOT / "processor" / "migrations").glob("*.sql")}
+    expected |= {f"processor/db/migrations/{p.name}" for p in (ROOT / "processor" / "db" / "migrations").glob("*.sql")}
     assert expected <= names, sorted(expected - names)
     assert not any(name.startswith("statemachine/") for name in names), "no top-level statemachine package"

@@ -38,8 +38,8 @@ from typing import NamedTuple
 import asyncpg
 
 from processor import constants as c
-from processor.eventlog import open_event_log
-from processor.serving import free_port
+from processor.eventlog.factory import open_event_log
+from processor.runtime.serving import free_port
 from processor.settings import Secret, Settings
 
 KNOWN_TYPES = (
@@ -394,7 +394,7 @@ async def run_fuzz(database_url: str, work_dir: Path, requests: int, *, seed: in
 
 
 async def _main(args: argparse.Namespace) -> int:
-    from processor.database import start_embedded_server, stop_embedded_server
+    from processor.db.pool import start_embedded_server, stop_embedded_server
 
     # SIGTERM (a CI timeout, a `kill`) unwinds through the finally blocks below, so the `processor run` under
     # test and the embedded PostgreSQL stop with us instead of outliving the run

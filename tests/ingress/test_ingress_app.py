@@ -16,12 +16,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from processor import constants as c
-from processor.devkafka import KafkaBroker
+from processor.dev.kafka import KafkaBroker
 from processor.eventlog.base import EventLog, Record
-from processor.eventlog.kafka import KafkaEventLog
+from processor.eventlog.kafka.log import KafkaEventLog
 from processor.ingress import build_app
 from processor.ingress.signature import sign
-from processor.serving import free_port, serving
+from processor.runtime.serving import free_port, serving
 from processor.settings import Secret, Settings
 
 SECRETS = ("whsec_current_0123456789abcdef", "whsec_previous_fedcba9876543210")

@@ -13,12 +13,12 @@ import httpx
 import orjson
 
 from processor import constants as c
-from processor.database import Database
-from processor.eventlog.postgres import PostgresEventLog
-from processor.eventlog.postgres_writer import WriterLimits
+from processor.db.pool import Database
+from processor.eventlog.postgres.log import PostgresEventLog
+from processor.eventlog.postgres.writer import WriterLimits
 from processor.ingress import build_app
 from processor.ingress.signature import sign
-from processor.serving import serving
+from processor.runtime.serving import serving
 from processor.settings import Secret, Settings
 
 SECRET = "whsec_stall_0123456789abcdef"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from statemachine.exceptions import TransitionNotAllowed
 
-from processor.cli import main
+from processor.cli.main import main
 from processor.lifecycle import diagram
 from processor.lifecycle.machine import Lifecycle, SandboxModel, TransitionForbidden, chart, transitions
 from processor.lifecycle.state import State

@@ -15,7 +15,7 @@ from processor.lifecycle.messages import (
     transition_event,
     transition_id,
 )
-from processor.schemas import validate
+from tests.support.schemas import validate
 
 SANDBOX = "clmsbx_test_61THl3VA5Zt5cTqbP16T9R4DRrSQbEWmWeLUx7WmOR8K"
 AT = datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)

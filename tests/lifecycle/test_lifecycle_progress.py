@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processor.lifecycle import Decision, Outcome, State, Step, decide, progress
+from processor.lifecycle import Decision, Outcome, State, Step, decide
+from processor.lifecycle import decide as progress
 from processor.lifecycle.machine import ChartError, Lifecycle, SandboxModel, transitions
 
 S = State

@@ -14,7 +14,7 @@ import yaml
 from processor import constants
 from processor.lifecycle import State
 from processor.resources import data_dir
-from processor.schemas import KINDS, SchemaViolation, load_schema, record_view, schema_path, validate
+from tests.support.schemas import KINDS, SchemaViolation, load_schema, record_view, schema_path, validate
 
 THIN_EVENT: dict[str, Any] = {
     "id": "evt_test_65R9Ijk8dnq2sHLsTY5Kq5bH1DoTpmVzB0SXd2LWOLFU",

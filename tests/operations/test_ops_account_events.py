@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 
 from processor import constants as c
-from processor.applier import Applier, Observation
-from processor.database import Database
+from processor.consumer.applier import Applier, Observation
+from processor.consumer.inbound import AUTHORIZED, DEAUTHORIZED, Action, Inbound, parse
+from processor.db.pool import Database
 from processor.eventlog.base import Record
-from processor.inbound import AUTHORIZED, DEAUTHORIZED, Action, Inbound, parse
 from processor.lifecycle import observed_state
 from processor.operations.event_lookup import list_processed, unmatched_account_events
 from processor.operations.inspect import show_sandbox

@@ -6,15 +6,15 @@ from dataclasses import replace
 
 import asyncpg
 import orjson
-from ops_harness import cli, publish_thin_events, read_topic, with_db
 
 from processor import constants as c
-from processor.dlq import dlq_record
+from processor.consumer.deadletter import dlq_record
 from processor.errors import Anomaly, PoisonEvent
 from processor.eventlog.base import EventLog, Record, TopicPartition
-from processor.eventlog.kafka import KafkaEventLog
-from processor.eventlog.postgres import PostgresEventLog
+from processor.eventlog.kafka.log import KafkaEventLog
+from processor.eventlog.postgres.log import PostgresEventLog
 from processor.settings import Settings
+from tests.support.ops_harness import cli, publish_thin_events, read_topic, with_db
 
 
 async def dead_letter(log: EventLog, settings: Settings) -> list[Record]:

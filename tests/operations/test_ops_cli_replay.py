@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import asyncpg
 import orjson
-from ops_harness import (
+
+from processor import constants as c
+from processor.constants import H_REPLAY_OF, H_REPLAY_RUN
+from processor.db.pool import Database
+from processor.eventlog.base import Record
+from processor.eventlog.postgres.log import PostgresEventLog
+from processor.operations.replay import LOCK_SPACE
+from processor.settings import Settings
+from processor.stripe_api.client import StripeApi
+from tests.support.ops_harness import (
     cli,
     create_sandboxes,
     emulator_stack,
@@ -15,15 +24,6 @@ from ops_harness import (
     with_db,
     worker,
 )
-
-from processor import constants as c
-from processor.constants import H_REPLAY_OF, H_REPLAY_RUN
-from processor.database import Database
-from processor.eventlog.base import Record
-from processor.eventlog.postgres import PostgresEventLog
-from processor.operations.replay import LOCK_SPACE
-from processor.settings import Settings
-from processor.stripe_client import StripeApi
 
 UPDATED = "v2.core.claimable_sandbox.updated"
 

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import asyncpg
 import orjson
-from ops_harness import cli, create_sandboxes, emulator_stack, expected_states, settled, wait_for, with_db, worker
 
-from processor.database import Database
-from processor.eventlog.postgres import PostgresEventLog
+from processor.db.pool import Database
+from processor.eventlog.postgres.log import PostgresEventLog
 from processor.settings import Settings
-from processor.stripe_client import StripeApi
+from processor.stripe_api.client import StripeApi
+from tests.support.ops_harness import (
+    cli,
+    create_sandboxes,
+    emulator_stack,
+    expected_states,
+    settled,
+    wait_for,
+    with_db,
+    worker,
+)
 
 
 async def test_sandbox_show_and_list_after_reconcile_finds_an_anomaly(

@@ -5,7 +5,20 @@ from __future__ import annotations
 from dataclasses import replace
 
 import httpx
-from ops_harness import (
+from starlette.applications import Starlette
+
+from processor import constants as c
+from processor.api.ops import ops_routes
+from processor.consumer.inbound import OBSERVATION_TYPES
+from processor.db.pool import Database
+from processor.dev.emulator.runner import running_emulator
+from processor.eventlog.kafka.log import KafkaEventLog
+from processor.operations.dlq import DlqFilter, list_dlq
+from processor.operations.replay import ReplayRequest, replay
+from processor.runtime.serving import serving
+from processor.settings import Secret, Settings
+from processor.stripe_api.client import StripeApi
+from tests.support.ops_harness import (
     check_paths,
     create_sandboxes,
     drive,
@@ -18,19 +31,6 @@ from ops_harness import (
     with_db,
     worker,
 )
-from starlette.applications import Starlette
-
-from processor import constants as c
-from processor.database import Database
-from processor.emulator.runner import running_emulator
-from processor.eventlog.kafka import KafkaEventLog
-from processor.inbound import OBSERVATION_TYPES
-from processor.operations.dlq import DlqFilter, list_dlq
-from processor.operations.http import ops_routes
-from processor.operations.replay import ReplayRequest, replay
-from processor.serving import serving
-from processor.settings import Secret, Settings
-from processor.stripe_client import StripeApi
 
 TOKEN = "ops-token-0123456789"
 

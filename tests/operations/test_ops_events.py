@@ -10,18 +10,18 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
-from ops_harness import cli, create_sandboxes, emulator_stack, settled, wait_for, with_db, worker
 from starlette.applications import Starlette
 
 from processor import constants as c
-from processor.database import Database
+from processor.api.ops import ops_routes
+from processor.db.pool import Database
 from processor.eventlog.base import EventLog
-from processor.eventlog.postgres import PostgresEventLog
+from processor.eventlog.postgres.log import PostgresEventLog
 from processor.lifecycle import State
-from processor.operations.http import ops_routes
-from processor.serving import serving
+from processor.runtime.serving import serving
 from processor.settings import Secret, Settings
-from processor.stripe_client import StripeApi
+from processor.stripe_api.client import StripeApi
+from tests.support.ops_harness import cli, create_sandboxes, emulator_stack, settled, wait_for, with_db, worker
 
 TOKEN = "ops-token-events-0123456789"
 

@@ -14,7 +14,15 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from ops_harness import (
+
+from processor.db.pool import Database
+from processor.eventlog.postgres.log import PostgresEventLog
+from processor.lifecycle import State
+from processor.operations.reconcile import BATCH, PERIODIC_CURSOR, RECONCILE_EVENT_TYPE, run_reconciler
+from processor.runtime.metrics import WorkerMetrics
+from processor.settings import Settings
+from processor.stripe_api.client import StripeApi
+from tests.support.ops_harness import (
     check_paths,
     cli,
     cli_env,
@@ -28,14 +36,6 @@ from ops_harness import (
     with_db,
     worker,
 )
-
-from processor.database import Database
-from processor.eventlog.postgres import PostgresEventLog
-from processor.lifecycle import State
-from processor.operations.reconcile import BATCH, PERIODIC_CURSOR, RECONCILE_EVENT_TYPE, run_reconciler
-from processor.settings import Settings
-from processor.stripe_client import StripeApi
-from processor.worker_metrics import WorkerMetrics
 
 
 async def query(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:

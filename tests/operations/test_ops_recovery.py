@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ops_harness import (
+from processor.db.pool import Database
+from processor.eventlog.kafka.log import KafkaEventLog
+from processor.eventlog.postgres.log import PostgresEventLog
+from processor.operations.reconcile import reconcile
+from processor.operations.replay import ReplayRequest, replay
+from processor.settings import Settings
+from processor.stripe_api.client import StripeApi
+from tests.support.ops_harness import (
     check_paths,
     create_sandboxes,
     drive,
@@ -16,14 +23,6 @@ from ops_harness import (
     with_db,
     worker,
 )
-
-from processor.database import Database
-from processor.eventlog.kafka import KafkaEventLog
-from processor.eventlog.postgres import PostgresEventLog
-from processor.operations.reconcile import reconcile
-from processor.operations.replay import ReplayRequest, replay
-from processor.settings import Settings
-from processor.stripe_client import StripeApi
 
 
 async def test_reconcile_recovers_dropped_webhooks(

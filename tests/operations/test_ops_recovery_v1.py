@@ -6,17 +6,17 @@ from __future__ import annotations
 from datetime import timedelta
 
 import asyncpg
-from ops_harness import Stack, create_sandboxes, emulator_stack, settled, wait_for, with_db, worker
 
-from processor.database import Database
+from processor.db.pool import Database
 from processor.eventlog.base import EventLog
-from processor.eventlog.kafka import KafkaEventLog
-from processor.eventlog.postgres import PostgresEventLog
+from processor.eventlog.kafka.log import KafkaEventLog
+from processor.eventlog.postgres.log import PostgresEventLog
 from processor.lifecycle import State
 from processor.operations.reconcile import reconcile
 from processor.operations.replay import ReplayRequest, replay
 from processor.settings import Settings
-from processor.stripe_client import StripeApi
+from processor.stripe_api.client import StripeApi
+from tests.support.ops_harness import Stack, create_sandboxes, emulator_stack, settled, wait_for, with_db, worker
 
 
 async def _flag(dsn: str, sandbox_id: str) -> bool | None:

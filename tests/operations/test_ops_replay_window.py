@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ops_harness import (
+from processor import constants as c
+from processor.constants import H_REPLAY_OF, H_REPLAY_RUN
+from processor.db.pool import Database
+from processor.eventlog.kafka.log import KafkaEventLog
+from processor.eventlog.postgres.log import PostgresEventLog
+from processor.operations.replay import ReplayRequest, replay
+from processor.settings import Settings
+from processor.stripe_api.client import StripeApi
+from tests.support.ops_harness import (
     create_sandboxes,
     emulator_stack,
     publish_thin_events,
@@ -14,15 +22,6 @@ from ops_harness import (
     with_db,
     worker,
 )
-
-from processor import constants as c
-from processor.constants import H_REPLAY_OF, H_REPLAY_RUN
-from processor.database import Database
-from processor.eventlog.kafka import KafkaEventLog
-from processor.eventlog.postgres import PostgresEventLog
-from processor.operations.replay import ReplayRequest, replay
-from processor.settings import Settings
-from processor.stripe_client import StripeApi
 
 
 async def test_window_replay_of_processed_events_changes_nothing(

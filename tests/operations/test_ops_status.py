@@ -6,18 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 
-from ops_harness import cli, create_sandboxes, emulator_stack, with_db, worker
-
 from processor import constants as c
-from processor.consumer import ConsumerOptions
-from processor.database import Database
+from processor.consumer.loop import ConsumerOptions
+from processor.db.pool import Database
 from processor.eventlog.base import EventLog
-from processor.eventlog.kafka import KafkaEventLog
-from processor.eventlog.postgres import PostgresEventLog
+from processor.eventlog.kafka.log import KafkaEventLog
+from processor.eventlog.postgres.log import PostgresEventLog
+from processor.runtime.metrics import WorkerMetrics
+from processor.runtime.worker import WorkerOptions, run_worker
 from processor.settings import Settings
-from processor.stripe_client import StripeApi
-from processor.worker import WorkerOptions, run_worker
-from processor.worker_metrics import WorkerMetrics
+from processor.stripe_api.client import StripeApi
+from tests.support.ops_harness import cli, create_sandboxes, emulator_stack, with_db, worker
 
 
 async def _received(log: EventLog, settings: Settings) -> int:

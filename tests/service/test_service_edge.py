@@ -6,14 +6,14 @@ import dataclasses
 
 import httpx
 
-from processor.database import Database
-from processor.emulator.config import EmulatorConfig
-from processor.emulator.runner import running_emulator
-from processor.eventlog.postgres import PostgresEventLog
-from processor.service import build_http_app
-from processor.serving import serving
+from processor.db.pool import Database
+from processor.dev.emulator.config import EmulatorConfig
+from processor.dev.emulator.runner import running_emulator
+from processor.eventlog.postgres.log import PostgresEventLog
+from processor.runtime.service import build_http_app
+from processor.runtime.serving import serving
 from processor.settings import Secret, Settings
-from processor.stripe_client import StripeApi
+from processor.stripe_api.client import StripeApi
 
 TOKEN = "tok_edge_test_0123456789abcdef"
 

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from processor.serving import free_port
+from processor.runtime.serving import free_port
 
 
 async def start_run(data_dir: Path) -> asyncio.subprocess.Process:

@@ -12,12 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from processor.commands.run import emulator_knobs
+from processor.cli.run import emulator_knobs
 from processor.errors import ConfigError
-from processor.service import EMULATOR_STATE_FILE, EmulatorOptions, ServiceInfo, run_service
-from processor.serving import free_port
+from processor.runtime.service import EMULATOR_STATE_FILE, EmulatorOptions, ServiceInfo, run_service
+from processor.runtime.serving import free_port
 from processor.settings import Secret, Settings
-from processor.stripe_client import StripeApi
+from processor.stripe_api.client import StripeApi
 
 
 @contextlib.asynccontextmanager

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from processor.serving import free_port
+from processor.runtime.serving import free_port
 
 #: the descriptor limit of the run under test: the usual soft default on Linux
 FD_LIMIT = 1024

@@ -11,7 +11,7 @@ import asyncpg
 import httpx
 from test_service_emulator import running_service
 
-from processor.serving import free_port
+from processor.runtime.serving import free_port
 from processor.settings import Settings
 
 

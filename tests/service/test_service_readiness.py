@@ -7,14 +7,14 @@ from dataclasses import replace
 
 import httpx
 
-from processor.database import Database
-from processor.eventlog.postgres import PostgresEventLog
-from processor.service import build_http_app
-from processor.serving import serving
+from processor.db.pool import Database
+from processor.eventlog.postgres.log import PostgresEventLog
+from processor.runtime.metrics import WorkerMetrics
+from processor.runtime.service import build_http_app
+from processor.runtime.serving import serving
+from processor.runtime.worker import WorkerStatus
 from processor.settings import Secret, Settings
-from processor.stripe_client import StripeApi
-from processor.worker import WorkerStatus
-from processor.worker_metrics import WorkerMetrics
+from processor.stripe_api.client import StripeApi
 
 
 async def _fails() -> None:

@@ -15,8 +15,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from processor import schemas
-from processor.serving import free_port
+from processor.runtime.serving import free_port
+from tests.support import schemas
 
 
 async def start_run(data_dir: Path, port: int) -> asyncio.subprocess.Process:
@@ -98,8 +98,9 @@ async def test_demo_ends_in_step_with_the_emulator() -> None:
 async def test_run_on_kafka_creates_topics_from_the_spec_and_publishes(
     tmp_path: Path, kafka_bootstrap: str, pg_dsn: str
 ) -> None:
-    """With Kafka and an external database configured, `run` creates the topics as processor/topics.py says
-    (sandbox.state compacted) and a created sandbox's first transition reaches sandbox.transitions."""
+    """With Kafka and an external database configured, `run` creates the topics as
+    processor/eventlog/kafka/topics.py says (sandbox.state compacted) and a created sandbox's first transition
+    reaches sandbox.transitions."""
     prefix = f"run{os.getpid()}{int(time.time())}."
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROCESSOR_", "STRIPE_"))}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from processor.health import METRICS_CONTENT_TYPE, HealthServer
+from processor.runtime.health import METRICS_CONTENT_TYPE, HealthServer
 
 
 async def test_probes_follow_the_workers_state_and_metrics_are_served() -> None:

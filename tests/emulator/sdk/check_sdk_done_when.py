@@ -10,10 +10,10 @@ from datetime import timedelta
 
 import httpx
 import stripe
-from emulator_receiver import running_receiver
 from stripe.v2.core import ClaimableSandbox
 
-from processor.emulator import EmulatorConfig, Knobs, running_emulator
+from processor.dev.emulator import EmulatorConfig, Knobs, running_emulator
+from tests.support.emulator_receiver import running_receiver
 
 SECRET = "whsec_done_when_secret"
 PATHS = {

@@ -9,7 +9,6 @@ from datetime import timedelta
 import httpx
 import pytest
 import stripe
-from emulator_receiver import running_receiver
 from stripe.events import (
     V2CoreClaimableSandboxClaimedEventNotification,
     V2CoreClaimableSandboxCreatedEvent,
@@ -20,7 +19,8 @@ from stripe.events import (
 )
 from stripe.v2.core import ClaimableSandbox
 
-from processor.emulator import EmulatorConfig, Knobs, RunningEmulator, running_emulator
+from processor.dev.emulator import EmulatorConfig, Knobs, RunningEmulator, running_emulator
+from tests.support.emulator_receiver import running_receiver
 
 PARAMS = {
     "enable_mcp_access": True,

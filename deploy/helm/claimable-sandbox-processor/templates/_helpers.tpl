@@ -70,7 +70,7 @@ capabilities:
   drop: ["ALL"]
 {{- end -}}
 
-{{/* The topic specs from processor/topics.py (files/topics.yaml is generated; tests/deploy checks it). */}}
+{{/* The topic specs from processor/eventlog/kafka/topics.py (files/topics.yaml is generated; tests/deploy checks it). */}}
 {{- define "processor.topics" -}}
 {{- (.Files.Get "files/topics.yaml" | fromYaml).topics | toJson -}}
 {{- end -}}
@@ -136,7 +136,7 @@ each role has its own Strimzi user and Secret (<fullname>-<component>); otherwis
 {{- end }}
 {{- end -}}
 
-{{/* The least-privilege ACLs of every role (files/acls.yaml is generated from processor/kafka_acls.py). */}}
+{{/* The least-privilege ACLs of every role (files/acls.yaml is generated from processor/eventlog/kafka/acls.py). */}}
 {{- define "processor.acls" -}}
 {{- (.Files.Get "files/acls.yaml" | fromYaml).roles | toJson -}}
 {{- end -}}

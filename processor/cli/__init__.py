@@ -1,0 +1,1 @@
+"""The `processor` command line: `main` parses options, one module per command calls the library."""

@@ -1,0 +1,67 @@
+"""`processor` command line: a thin layer that parses options and calls library functions.
+
+Each subcommand lives in the module that owns its feature and exposes `register(subparsers)`; the modules are
+listed in COMMAND_MODULES so adding a command is one line here. A module is named after its command, so a run
+of one command imports only that command's module (scripts call `processor sandbox show` thousands of times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from processor.errors import ConfigError
+from processor.runtime.logflush import flush_logs_on_sigterm
+
+#: modules that define subcommands through `register(subparsers) -> None`
+COMMAND_MODULES = (
+    "processor.cli.consume",
+    "processor.cli.db",
+    "processor.cli.demo",
+    "processor.cli.dev",
+    "processor.cli.emulator",
+    "processor.cli.ingress",
+    "processor.cli.lifecycle",
+    "processor.cli.run",
+    "processor.cli.relay",
+    "processor.cli.topics",
+    "processor.cli.sandbox",
+    "processor.cli.replay",
+    "processor.cli.reconcile",
+    "processor.cli.dlq",
+    "processor.cli.status",
+    "processor.cli.events",
+)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of `command` alone when a module is named after it."""
+    parser = argparse.ArgumentParser(prog="processor", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = [m for m in COMMAND_MODULES if m.rpartition(".")[2] == command]
+    for module_name in chosen or COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `processor` script; returns the exit code."""
+    flush_logs_on_sigterm()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv else None)
+    args = parser.parse_args(argv)
+    try:
+        result = args.handler(args)
+    except ConfigError as exc:
+        # a configuration mistake is the operator's to fix: name the variable, no traceback
+        print(f"processor: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

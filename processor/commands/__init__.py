@@ -1,1 +1,0 @@
-"""Subcommands of the `processor` CLI, one module per feature."""

@@ -1,0 +1,1 @@
+"""PostgreSQL: the connection pool, TLS, the embedded server and the schema migrations."""

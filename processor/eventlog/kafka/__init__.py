@@ -1,0 +1,1 @@
+"""The event log on Kafka: the log and its producer, topics, admin, ACLs, security and outage handling."""

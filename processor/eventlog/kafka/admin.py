@@ -1,0 +1,167 @@
+"""Creating the processor's Kafka topics on a cluster as `processor/eventlog/kafka/topics.py` specifies them,
+idempotently.
+
+Topics that exist are checked, never altered: any drift from the spec is reported, because adding partitions
+reshuffles keys and changing configs is an operator's decision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    for_code,
+)
+
+from processor.eventlog.kafka.security import PLAINTEXT, KafkaSecurity
+from processor.eventlog.kafka.topics import TopicSpec
+
+#: how long the controller may take to create the topics before the request fails
+CREATE_TIMEOUT_MS = 30_000
+
+@dataclass(frozen=True, slots=True)
+class TopicOutcome:
+    """What `ensure_topics` found or did for one topic."""
+
+    name: str
+    action: str  # "created" | "exists"
+    drift: tuple[str, ...] = field(default=())
+    #: False when the client may not read the topic's configs (no DESCRIBE_CONFIGS): only the shape was compared
+    configs_checked: bool = True
+
+
+def compare(
+    spec: TopicSpec, name: str, partitions: int, replication_factor: int, config: Mapping[str, str]
+) -> tuple[str, ...]:
+    """Human-readable differences between an existing topic and its spec (empty when it matches)."""
+    drift: list[str] = []
+    if partitions < spec.partitions:
+        drift.append(f"{name}: {partitions} partitions, spec wants {spec.partitions}")
+    if replication_factor != spec.replication_factor:
+        drift.append(f"{name}: replication factor {replication_factor}, spec wants {spec.replication_factor}")
+    for key, wanted in sorted(spec.config.items()):
+        actual = config.get(key)
+        if actual != wanted:
+            drift.append(f"{name}: {key}={actual}, spec wants {wanted}")
+    return tuple(drift)
+
+
+def _raise_for_errors(topic_errors: Sequence[Sequence[Any]]) -> set[str]:
+    """Raise the first real error of a CreateTopics response; return the topics that already existed."""
+    existed: set[str] = set()
+    for entry in topic_errors:
+        topic, code = entry[0], entry[1]
+        if code == 0:
+            continue
+        error = for_code(code)
+        if error is TopicAlreadyExistsError:  # another job won the race: that is what idempotent means
+            existed.add(topic)
+            continue
+        message = entry[2] if len(entry) > 2 and entry[2] else error.__name__
+        if error in (TopicAuthorizationFailedError, ClusterAuthorizationFailedError):
+            message = (f"not allowed to create it ({message}): grant this client CREATE on the topic (a prefixed "
+                       f"ACL on the topic prefix will do), or have the topics created beforehand")
+        raise error(f"creating topic {topic}: {message}")
+    return existed
+
+
+async def _describe(admin: AIOKafkaAdminClient, specs: Mapping[str, TopicSpec]) -> dict[str, tuple[int, int]]:
+    """Partition count and replication factor of each existing topic."""
+    shapes: dict[str, tuple[int, int]] = {}
+    for topic in await admin.describe_topics(list(specs)):
+        partitions = topic["partitions"]
+        replicas = len(partitions[0]["replicas"]) if partitions else 0
+        shapes[topic["topic"]] = (len(partitions), replicas)
+    return shapes
+
+
+async def _configs(admin: AIOKafkaAdminClient, specs: Mapping[str, TopicSpec]) -> dict[str, dict[str, str] | None]:
+    """The current values of the config keys our specs set, per topic; None where we may not read them.
+
+    Reading topic configs needs DESCRIBE_CONFIGS, which a least-privilege client using topics the platform team
+    made may lack: the processor must still start, so that check is reported as skipped, not failed.
+    """
+    resources = [
+        ConfigResource(ConfigResourceType.TOPIC, name, configs=dict.fromkeys(spec.config))
+        for name, spec in specs.items()
+    ]
+    found: dict[str, dict[str, str] | None] = {}
+    for response in await admin.describe_configs(resources):
+        for error_code, error_message, _type, name, entries, *_ in response.resources:
+            if for_code(error_code) is TopicAuthorizationFailedError:
+                found[name] = None
+                continue
+            if error_code:
+                raise for_code(error_code)(f"describing configs of {name}: {error_message}")
+            found[name] = {entry[0]: entry[1] for entry in entries}
+    return found
+
+
+async def ensure_topics(
+    bootstrap_servers: Sequence[str],
+    specs: Sequence[TopicSpec],
+    prefix: str = "",
+    *,
+    request_timeout_ms: int = 15_000,
+    fit_cluster: bool = False,
+    security: KafkaSecurity = PLAINTEXT,
+) -> list[TopicOutcome]:
+    """Create the missing topics and report drift on existing ones; safe to run any number of times.
+
+    With `fit_cluster`, no topic asks for more replicas than the cluster has brokers (`processor run` on a
+    one-broker development cluster); `processor topics create` takes the replication factor as given.
+    """
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=list(bootstrap_servers),
+        client_id="processor-topics",
+        request_timeout_ms=request_timeout_ms,
+        **security.client_options(),
+    )
+    try:
+        await admin.start()
+        if fit_cluster:
+            brokers = max(1, len((await admin.describe_cluster())["brokers"]))
+            specs = [spec.with_replication_factor(min(spec.replication_factor, brokers)) for spec in specs]
+        by_name = {spec.full_name(prefix): spec for spec in specs}
+        existing = set(await admin.list_topics()) & set(by_name)
+        missing = [name for name in by_name if name not in existing]
+        if missing:
+            new = [
+                NewTopic(
+                    name=name,
+                    num_partitions=by_name[name].partitions,
+                    replication_factor=by_name[name].replication_factor,
+                    topic_configs=dict(by_name[name].config),
+                )
+                for name in missing
+            ]
+            try:
+                response = await admin.create_topics(new, timeout_ms=CREATE_TIMEOUT_MS)
+                raced = _raise_for_errors(response.topic_errors)
+            except TopicAlreadyExistsError:
+                raced = set(missing)
+            existing |= raced
+            missing = [name for name in missing if name not in raced]
+        shapes = await _describe(admin, {n: by_name[n] for n in existing}) if existing else {}
+        configs = await _configs(admin, {n: by_name[n] for n in existing}) if existing else {}
+    finally:
+        await admin.close()
+    outcomes = [TopicOutcome(name, "created") for name in missing]
+    for name in sorted(existing):
+        partitions, replicas = shapes.get(name, (0, 0))
+        config = configs.get(name, {})
+        spec = by_name[name]
+        if config is None:  # configs we may not read are unknown, not drift: compare the shape only
+            spec = dataclasses.replace(spec, config={})
+        drift = compare(spec, name, partitions, replicas, config or {})
+        outcomes.append(TopicOutcome(name, "exists", drift, configs_checked=config is not None))
+    order = list(by_name)
+    return sorted(outcomes, key=lambda o: order.index(o.name))

@@ -1,0 +1,1 @@
+"""Running the processes: the service, the worker, HTTP serving, health, metrics and the event loop."""
