@@ -10,11 +10,17 @@
 Load comes from `wrk` (apt install wrk), which cycles through pre-signed requests, so the load generator
 costs little CPU next to the servers on a 2-core machine. The three servers run side by side and take turns:
 each round runs every target at every level, and the figures are medians over the rounds, because this
-shared machine's speed drifts by a quarter within a minute. Prints req/s and p50/p99 per target and level,
-the ratios a/b and a/c at each target's peak, and p99 of (a) at half of its peak rate.
+shared machine's speed drifts by a quarter within a minute. Prints req/s, p50/p99 and the server's CPU time per
+request per target and level, the ratios a/b and a/c at each target's peak against the floors of issue 17, and
+p99 of (a) at half of its peak rate. CPU per request barely moves with the machine's load (throughput moves with
+whatever else runs on the servers' core), so it is the figure to compare two versions of the ingress by.
+
+`--compare TREE` adds (a0): the ingress of another checkout (say, main in a second worktree) on the same broker
+and in the same rounds, so that a change is measured as a0/a in one run window.
 
     .venv/bin/python bench/ingress.py                 # starts its own Kafka broker (jars from Maven Central)
     .venv/bin/python bench/ingress.py --bootstrap 127.0.0.1:9092 --levels 1,8,32,64 --rounds 5
+    .venv/bin/python bench/ingress.py --levels 1,16,64 --rounds 3 --compare /work/wt/main-copy
 """
 
 from __future__ import annotations
@@ -51,6 +57,10 @@ SECRET = "whsec_bench_0123456789abcdef"
 PATH = "/webhooks/stripe"
 #: distinct pre-signed deliveries wrk cycles through (distinct ids and keys spread over partitions)
 DISTINCT = 500
+#: issue 17's floors: peak (a) against (b) and (c), and p99 of (a) at half its peak rate
+FLOOR_VS_NOOP = 0.6
+FLOOR_VS_TEXTBOOK = 10.0
+FLOOR_P99_HALF_PEAK_MS = 10.0
 
 
 # --- the comparison servers (run as `bench/ingress.py serve KIND`) ----------------------------------------------
@@ -127,6 +137,8 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    #: CPU seconds of the server process (all its threads) per request, in microseconds; nan if unknown
+    cpu_us: float = float("nan")
 
 
 def lua_script(directory: Path) -> Path:
@@ -175,8 +187,20 @@ def _ms(text: str) -> float:
     return float(number) * _UNITS[unit]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process `pid` (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_wrk(
-    target: str, url: str, connections: int, duration: float, workdir: Path, delay_ms: float | None = None
+    target: str,
+    url: str,
+    connections: int,
+    duration: float,
+    workdir: Path,
+    delay_ms: float | None = None,
+    pid: int | None = None,
 ) -> Result:
     script = lua_script(workdir)
     env = dict(os.environ)
@@ -192,7 +216,9 @@ def run_wrk(
         str(script),
         url + PATH,
     ]
+    cpu_before = cpu_seconds(pid) if pid else 0.0
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    cpu_used = cpu_seconds(pid) - cpu_before if pid else float("nan")
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed: {done.stdout}{done.stderr}")
     out = done.stdout
@@ -203,7 +229,8 @@ def run_wrk(
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
     script.unlink()
-    return Result(target, connections, rps, p50, p99, errors)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return Result(target, connections, rps, p50, p99, errors, cpu_used / max(requests, 1) * 1e6)
 
 
 #: the mean pause of a paced connection after each response; wrk truncates `delay()` to whole milliseconds,
@@ -252,7 +279,7 @@ def wait_http(url: str, path: str, timeout_s: float = 60) -> None:
 @contextlib.contextmanager
 def server(
     command: list[str], env: dict[str, str], url: str, probe: str, log: Path, cpus: set[int] | None = None
-) -> Iterator[None]:
+) -> Iterator[int]:
     def pin() -> None:
         if cpus:
             os.sched_setaffinity(0, cpus)  # before the server starts any thread, so all of them inherit it
@@ -263,7 +290,7 @@ def server(
         )
     try:
         wait_http(url, probe)
-        yield
+        yield process.pid  # one worker: the server is this process (uvicorn serves in it)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -292,6 +319,14 @@ def median_result(results: list[Result]) -> Result:
         statistics.median(r.p50_ms for r in results),
         statistics.median(r.p99_ms for r in results),
         sum(r.errors for r in results),
+        statistics.median(r.cpu_us for r in results),
+    )
+
+
+def describe(result: Result) -> str:
+    return (
+        f"{result.target:11} c={result.connections:<4} {result.rps:9.0f} req/s  p50 {result.p50_ms:7.2f} ms"
+        f"  p99 {result.p99_ms:7.2f} ms  cpu {result.cpu_us:5.0f} us/req  errors {result.errors}"
     )
 
 
@@ -316,6 +351,12 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of every target")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--log-level", default="INFO", help="the ingress's log level (its logs go to a file)")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="TREE",
+        help="also run (a0), the ingress of the checkout TREE (imported from it, this venv), in the same rounds",
+    )
     parser.add_argument(
         "--pin",
         action=argparse.BooleanOptionalAction,
@@ -367,14 +408,24 @@ def main() -> int:
                 "/",
             ),
         }
+        if args.compare is not None:
+            # the same command and settings as (a), importing `processor` from the other tree (PYTHONPATH wins
+            # over this venv's editable install); its own topic, so the two never share a partition's batches
+            command, extra, probe = targets["a ingress"]
+            a0_extra = {**extra, "PYTHONPATH": str(args.compare.resolve()), "PROCESSOR_TOPIC_PREFIX": f"{prefix}a0."}
+            asyncio.run(create_topics(bootstrap, [f"{prefix}a0.stripe.events"], args.partitions))
+            targets = {"a0 compare": (command, a0_extra, probe), **targets}
         with contextlib.ExitStack() as servers:
             urls = {}
+            pids = {}
             for name, (command, extra, probe) in targets.items():
                 port = free_port()
                 env = {**base_env, **extra, "PROCESSOR_PORT": str(port)}
                 url = urls[name] = f"http://127.0.0.1:{port}"
                 log = workdir / f"{name.split()[1]}.log"
-                servers.enter_context(server([*command, "--port", str(port)], env, url, probe, log, server_cpus))
+                pids[name] = servers.enter_context(
+                    server([*command, "--port", str(port)], env, url, probe, log, server_cpus)
+                )
                 run_wrk(name, url, 8, 2.0, workdir)  # warm-up: connections, metadata
             warm_up_broker(urls["a ingress"], workdir)
             # every round runs every target at every level in turn, so a slow spell of this shared machine
@@ -383,35 +434,44 @@ def main() -> int:
             for round_number in range(1, args.rounds + 1):
                 for connections in levels:
                     for name, url in urls.items():
-                        result = run_wrk(name, url, connections, args.duration, workdir)
+                        result = run_wrk(name, url, connections, args.duration, workdir, pid=pids[name])
                         runs[name, connections].append(result)
-                        print(
-                            f"round {round_number} {name:11} c={connections:<4} {result.rps:9.0f} req/s"
-                            f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  errors {result.errors}",
-                            flush=True,
-                        )
+                        print(f"round {round_number} {describe(result)}", flush=True)
             print(f"\nmedians of {args.rounds} rounds:")
             medians = {key: median_result(results) for key, results in runs.items()}
-            for (name, connections), result in medians.items():
-                print(
-                    f"{name:11} c={connections:<4} {result.rps:9.0f} req/s  p50 {result.p50_ms:7.2f} ms"
-                    f"  p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
-                )
+            for result in medians.values():
+                print(describe(result))
             peaks = {name: max((medians[name, n] for n in levels), key=lambda r: r.rps) for name in targets}
             a, b, c = peaks["a ingress"], peaks["b noop"], peaks["c textbook"]
             half = half_peak_run("a ingress", urls["a ingress"], a.rps / 2, args.duration, workdir)
+            a0_half = None
+            if "a0 compare" in peaks:
+                a0_half = half_peak_run("a0 compare", urls["a0 compare"], peaks["a0 compare"].rps / 2, args.duration,
+                                        workdir)
         print()
         print(
             f"peak req/s (medians): a={a.rps:.0f} (c={a.connections})  b={b.rps:.0f} (c={b.connections})"
             f"  c={c.rps:.0f} (c={c.connections})"
         )
-        print(f"a/b = {a.rps / b.rps:.2f} (target >= 0.7)   a/c = {a.rps / c.rps:.1f} (target >= 5)")
+        print(f"a/b = {a.rps / b.rps:.2f} (floor >= {FLOOR_VS_NOOP})   a/c = {a.rps / c.rps:.1f}"
+              f" (floor >= {FLOOR_VS_TEXTBOOK:.0f})")
         print(f"a/b within each round: {paired_ratios(runs, levels, 'a ingress', 'b noop')}")
         print(f"a/c within each round: {paired_ratios(runs, levels, 'a ingress', 'c textbook')}")
+        print(f"CPU per request at each peak: a {a.cpu_us:.0f} us, b {b.cpu_us:.0f} us, c {c.cpu_us:.0f} us;"
+              f" b/a = {b.cpu_us / a.cpu_us:.2f}")
         print(
             f"a at half peak (target {a.rps / 2:.0f} req/s): {half.rps:.0f} req/s, p50 {half.p50_ms:.2f} ms,"
-            f" p99 {half.p99_ms:.2f} ms (target <= 20 ms)"
+            f" p99 {half.p99_ms:.2f} ms (floor <= {FLOOR_P99_HALF_PEAK_MS:.0f} ms)"
         )
+        if a0_half is not None:
+            a0 = peaks["a0 compare"]
+            print(f"\na0 ({args.compare}): peak {a0.rps:.0f} req/s (c={a0.connections}), a/a0 = {a.rps / a0.rps:.2f};"
+                  f" a0/b = {a0.rps / b.rps:.2f}, a0/c = {a0.rps / c.rps:.1f}")
+            print(f"a/a0 within each round: {paired_ratios(runs, levels, 'a ingress', 'a0 compare')}")
+            print(f"CPU per request at each peak: a0 {a0.cpu_us:.0f} us, a {a.cpu_us:.0f} us (a/a0 ="
+                  f" {a.cpu_us / a0.cpu_us:.2f})")
+            print(f"a0 at half peak (target {a0.rps / 2:.0f} req/s): {a0_half.rps:.0f} req/s,"
+                  f" p50 {a0_half.p50_ms:.2f} ms, p99 {a0_half.p99_ms:.2f} ms")
         return 0
     finally:
         if broker is not None:
