@@ -92,7 +92,7 @@ def embedded(opts: RunOptions, workdir: Path) -> bool:
             quiescence_s=quiescence, faults=fired)
     finally:
         stop_all(procs, found)
-        from processor.db.pool import stop_embedded_server
+        from processor.db.embedded import stop_embedded_server
 
         stop_embedded_server(workdir / "var")  # a server left by a crash must not outlive its directory
     return report(f"embedded default: N={count}, seed {seed}", evidence)

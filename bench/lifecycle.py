@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from processor import constants as c  # noqa: E402
 from processor.db import migrate  # noqa: E402
-from processor.db.pool import start_embedded_server, stop_embedded_server  # noqa: E402
+from processor.db.embedded import start_embedded_server, stop_embedded_server  # noqa: E402
 from processor.dev.emulator.config import EmulatorConfig, Knobs  # noqa: E402
 from processor.dev.emulator.runner import RunningEmulator, running_emulator  # noqa: E402
 from processor.dev.kafka import KafkaBroker  # noqa: E402

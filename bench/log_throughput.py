@@ -25,7 +25,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from processor.db import migrate
-from processor.db.pool import start_embedded_server, stop_embedded_server
+from processor.db.embedded import start_embedded_server, stop_embedded_server
 from processor.dev.kafka import KafkaBroker
 from processor.eventlog.base import EventLog
 from processor.eventlog.kafka.log import KafkaEventLog

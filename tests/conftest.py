@@ -20,7 +20,8 @@ import pytest_asyncio
 
 from processor import constants
 from processor.db import migrate
-from processor.db.pool import Database, start_embedded_server, stop_embedded_server
+from processor.db.embedded import start_embedded_server, stop_embedded_server
+from processor.db.pool import Database
 from processor.dev.kafka import KafkaBroker
 from processor.eventlog.kafka.log import KafkaEventLog
 from processor.eventlog.postgres.log import PostgresEventLog

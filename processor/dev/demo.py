@@ -24,7 +24,8 @@ import httpx
 import orjson
 
 from processor import constants as c
-from processor.db.pool import Database, stop_embedded_server
+from processor.db.embedded import stop_embedded_server
+from processor.db.pool import Database
 from processor.dev.emulator.config import CONTROL_TOKEN_HEADER
 from processor.eventlog.postgres.log import PostgresEventLog
 from processor.lifecycle import State, observed_state

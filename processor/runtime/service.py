@@ -26,7 +26,8 @@ from processor import localsecrets
 from processor.api.app import build_api_routes
 from processor.api.edge import EdgeGuard
 from processor.api.ops import ops_routes
-from processor.db.pool import Database, stop_embedded_server
+from processor.db.embedded import stop_embedded_server
+from processor.db.pool import Database
 from processor.eventlog.base import EventLog
 from processor.eventlog.factory import open_event_log
 from processor.eventlog.kafka.admin import ensure_topics as ensure_kafka_topics

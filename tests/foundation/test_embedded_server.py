@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from processor.db.pool import start_embedded_server, stop_embedded_server
+from processor.db.embedded import start_embedded_server, stop_embedded_server
 
 
 async def test_stop_embedded_server_stops_it_before_its_directory_goes(tmp_path: Path) -> None:

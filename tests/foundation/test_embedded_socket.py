@@ -14,8 +14,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
+from processor.db.embedded import start_embedded_server, stop_embedded_server
 from processor.db.embedded_socket import SOCKET_NAME, server_user
-from processor.db.pool import start_embedded_server, stop_embedded_server
 
 #: a system python another user can run (the venv's interpreter may live under root's private home)
 SYSTEM_PYTHON = "/usr/bin/python3"

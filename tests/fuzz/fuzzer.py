@@ -394,7 +394,7 @@ async def run_fuzz(database_url: str, work_dir: Path, requests: int, *, seed: in
 
 
 async def _main(args: argparse.Namespace) -> int:
-    from processor.db.pool import start_embedded_server, stop_embedded_server
+    from processor.db.embedded import start_embedded_server, stop_embedded_server
 
     # SIGTERM (a CI timeout, a `kill`) unwinds through the finally blocks below, so the `processor run` under
     # test and the embedded PostgreSQL stop with us instead of outliving the run
