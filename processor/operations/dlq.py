@@ -34,12 +34,15 @@ class DlqFilter:
     error_class: str | None = None
     event_type: str | None = None
     sandbox_id: str | None = None
+    #: `partition:offset` of the records wanted (an operator's selection); empty = any record
+    coordinates: frozenset[str] = frozenset()
 
     def matches(self, entry: DlqEntry) -> bool:
         return (
             (self.error_class is None or entry.error_class == self.error_class)
             and (self.event_type is None or entry.event_type == self.event_type)
             and (self.sandbox_id is None or entry.sandbox_id == self.sandbox_id)
+            and (not self.coordinates or entry.coordinate in self.coordinates)
         )
 
 

@@ -94,3 +94,31 @@ async def list_sandboxes(
             limit,
         )
     return [plain_row(r) for r in rows]
+
+
+#: states a sandbox can be stuck in: every state but the final ones
+OPEN_STATES = ("unclaimed", "claimed", "pending_onboarding", "pending_install", "installed")
+
+
+async def stuck_sandboxes(
+    db: Database, *, states: tuple[str, ...] = OPEN_STATES, older_than: timedelta, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Sandboxes in one of `states` that entered it more than `older_than` ago, longest waiting first.
+
+    The time in a state is read from the transition that entered it (each state is entered once); a sandbox
+    registered without one counts from its creation. Rows carry `entered_at` and the `stripe` fields of the
+    last fetch (status, app_install_status, expiry) next to the sandbox's own columns."""
+    async with db.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT s.id, s.state, s.sequence, s.flags, s.stripe, s.created_at, s.updated_at,"
+            " coalesce(h.occurred_at, h.recorded_at, s.created_at) AS entered_at"
+            " FROM sandboxes s LEFT JOIN sandbox_history h ON h.sandbox_id = s.id AND h.kind = 'transition'"
+            " AND h.to_state = s.state"
+            " WHERE s.state = ANY($1::text[])"
+            " AND coalesce(h.occurred_at, h.recorded_at, s.created_at) < now() - $2::interval"
+            " ORDER BY entered_at, s.id LIMIT $3",
+            list(states),
+            older_than,
+            limit,
+        )
+    return [plain_row(r) for r in rows]

@@ -212,6 +212,20 @@ async def reconcile(
     return report
 
 
+async def reconcile_sandbox(
+    settings: Settings, db: Database, stripe: StripeApi, sandbox_id: str, *, dry_run: bool = False
+) -> ReconcileReport:
+    """Fetch one sandbox from Stripe now and drive it to Stripe's state (whatever its age); the console's
+    "reconcile this sandbox". A sandbox we do not know is registered, as a pass's discovery would."""
+    applier = Applier(db.pool, settings.topic(c.TOPIC_TRANSITIONS), settings.topic(c.TOPIC_STATE))
+    async with db.pool.acquire() as conn:
+        state = await conn.fetchval("SELECT state FROM sandboxes WHERE id = $1", sandbox_id)
+    report = ReconcileReport(f"one-{uuid.uuid4().hex[:12]}", dry_run)
+    await _repair(_Pass(db, applier, stripe, report, None), {sandbox_id: None if state is None else State(state)})
+    log.info("reconcile of %s: %s", sandbox_id, report.as_dict())
+    return report
+
+
 async def _fetch_all(stripe: StripeApi, ids: Sequence[str], report: ReconcileReport) -> dict[str, dict[str, Any]]:
     """Fetch each sandbox once; a 404 and a failure after the client's retries are counted, not raised."""
     slots = asyncio.Semaphore(CONCURRENCY)

@@ -112,6 +112,8 @@ class ReplayRequest:
                 "error_class": self.dlq.error_class,
                 "event_type": self.dlq.event_type,
                 "sandbox_id": self.dlq.sandbox_id,
+                # only when chosen, so the run ids of filter-only requests stay what they were
+                **({"coordinates": sorted(self.dlq.coordinates)} if self.dlq.coordinates else {}),
             }
             if self.source == "dlq"
             else None,
@@ -275,17 +277,70 @@ async def _replay(
         async for chunk in _chunks(source, batch_size):
             await _replay_chunk(log_, db, topic, run_id, chunk, identities, sent_events, report, dry_run)
             progress.advance(len(chunk))
+            if not dry_run:  # the counts so far: any interface listing runs shows a running one's progress
+                await _save_counts(db, run_id, report, finished=False)
     finally:
         progress.close()
     if not dry_run:
-        async with db.pool.acquire() as conn:
-            await conn.execute(
-                "UPDATE replay_runs SET finished_at = now(), counts = $2::jsonb WHERE run_id = $1",
-                run_id,
-                orjson.dumps({k: v for k, v in report.as_dict().items() if isinstance(v, int)}).decode(),
-            )
+        await _save_counts(db, run_id, report, finished=True)
     log.info("replay %s: %s", run_id, report.as_dict())
     return report
+
+
+async def _save_counts(db: Database, run_id: str, report: ReplayReport, *, finished: bool) -> None:
+    counts = orjson.dumps({k: v for k, v in report.as_dict().items() if isinstance(v, int)}).decode()
+    async with db.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE replay_runs SET counts = $2::jsonb, finished_at = CASE WHEN $3 THEN now() END WHERE run_id = $1",
+            run_id,
+            counts,
+            finished,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRun:
+    """A replay run as any interface started it: its request, counts so far and whether it is running now."""
+
+    run_id: str
+    source: str
+    params: dict[str, Any]
+    started_at: datetime
+    finished_at: datetime | None
+    counts: dict[str, int]
+    #: a process holds the run's lock right now (unfinished and not running = interrupted, resumable)
+    running: bool
+
+    @property
+    def status(self) -> str:
+        return "finished" if self.finished_at else "running" if self.running else "interrupted"
+
+
+async def list_replay_runs(db: Database, *, limit: int = 50, run_id: str | None = None) -> list[ReplayRun]:
+    """The newest replay runs (or the one named `run_id`), running ones told apart by their advisory lock."""
+    async with db.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT r.run_id, r.source, r.params, r.started_at, r.finished_at, r.counts,"
+            " EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.classid = $1"
+            "  AND l.objid = hashtext(r.run_id)::oid AND l.objsubid = 2 AND l.granted) AS running"
+            " FROM replay_runs r WHERE ($3::text IS NULL OR r.run_id = $3)"
+            " ORDER BY r.finished_at IS NOT NULL, r.started_at DESC LIMIT $2",
+            LOCK_SPACE,
+            limit,
+            run_id,
+        )
+    return [
+        ReplayRun(
+            r["run_id"],
+            r["source"],
+            orjson.loads(r["params"]),
+            r["started_at"],
+            r["finished_at"],
+            orjson.loads(r["counts"]) if r["counts"] else {},
+            bool(r["running"]) and r["finished_at"] is None,
+        )
+        for r in rows
+    ]
 
 
 async def _replay_chunk(
