@@ -165,7 +165,7 @@ async def create_sandbox(request: Request, state: EmulatorState, call: Call) -> 
 
 
 async def retrieve_sandbox(request: Request, state: EmulatorState, call: Call) -> tuple[int, dict[str, Any]]:
-    return 200, state.sandboxes.get(request.path_params["id"], call.context).to_api()
+    return 200, state.sandboxes.read(request.path_params["id"], call.context).to_api()
 
 
 async def renew_link(request: Request, state: EmulatorState, call: Call) -> tuple[int, dict[str, Any]]:

@@ -70,6 +70,9 @@ class Knobs:
     expiring_notice_s: float = 7 * 24 * 3600.0
     #: "sandbox_account": events carry the sandbox's account as `context`; "none": context is null
     event_context: str = "sandbox_account"
+    #: GET of a sandbox answers 404 for this long after each change of it: Stripe's read-after-write lag, longer
+    #: than the consumer's not-found retries (its events are dead-lettered, and replayed once it has passed)
+    read_lag_s: float = 0.0
 
     def updated(self, changes: Mapping[str, Any]) -> Knobs:
         """A copy with `changes` applied; raise ValueError naming the first bad knob."""
@@ -97,6 +100,7 @@ class Knobs:
             "retry_base_s",
             "retry_max_s",
             "expiring_notice_s",
+            "read_lag_s",
         ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:

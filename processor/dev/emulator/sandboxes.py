@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Literal
@@ -40,6 +41,8 @@ class Sandboxes:
         self._deliverer = deliverer
         self._knobs = knobs
         self._public_url = public_url
+        #: monotonic time of each sandbox's last change (for the `read_lag_s` knob)
+        self._changed: dict[str, float] = {}
 
     # --- API -----------------------------------------------------------------------------------------
     def create(
@@ -105,6 +108,14 @@ class Sandboxes:
         """The sandbox as seen from `context` (Stripe-Context): the platform, the sandbox or its owner."""
         record = self._store.sandbox(sandbox_id)
         if record is None or (context and context not in (record.account, record.owner_account)):
+            raise errors.not_found("claimable sandbox", sandbox_id)
+        return record
+
+    def read(self, sandbox_id: str, context: str | None = None) -> SandboxRecord:
+        """GET through the API: `get`, except that a sandbox changed less than `read_lag_s` ago is not found."""
+        record = self.get(sandbox_id, context)
+        lag = self._knobs().read_lag_s
+        if lag and time.monotonic() - self._changed.get(sandbox_id, float("-inf")) < lag:
             raise errors.not_found("claimable sandbox", sandbox_id)
         return record
 
@@ -252,6 +263,7 @@ class Sandboxes:
     def _emit_v2(
         self, record: SandboxRecord, action: str, reason: dict[str, Any] | None = None
     ) -> EventRecord:
+        self._changed[record.id] = time.monotonic()
         event = EventRecord(
             seq=self._store.next_seq(),
             id=ids.event_id(),
