@@ -99,6 +99,8 @@ class Settings:
     stripe_max_rps: float = c.DEFAULT_STRIPE_MAX_RPS
     public_url: str = "http://127.0.0.1:8000"
     api_tokens: tuple[Secret, ...] = ()
+    #: tokens that sign in to the operator console to look only (no replay, purge or reconcile)
+    console_readonly_tokens: tuple[Secret, ...] = ()
     signing_key: Secret | None = None
     host: str = "127.0.0.1"
     port: int = 8000
@@ -149,6 +151,8 @@ class Settings:
             kwargs["public_url"] = _parse_url("PROCESSOR_PUBLIC_URL", raw, ("http", "https"))
         if raw := get("PROCESSOR_API_TOKENS"):
             kwargs["api_tokens"] = tuple(Secret(s) for s in _split(raw))
+        if raw := get("PROCESSOR_CONSOLE_READONLY_TOKENS"):
+            kwargs["console_readonly_tokens"] = tuple(Secret(s) for s in _split(raw))
         if raw := get("PROCESSOR_SIGNING_KEY"):
             if len(raw) < 16:
                 raise ConfigError("PROCESSOR_SIGNING_KEY", "must be at least 16 characters")

@@ -18,6 +18,7 @@ from processor.runtime.logflush import flush_logs_on_sigterm
 #: modules that define subcommands through `register(subparsers) -> None`
 COMMAND_MODULES = (
     "processor.cli.consume",
+    "processor.cli.console",
     "processor.cli.db",
     "processor.cli.demo",
     "processor.cli.dev",

@@ -10,7 +10,7 @@ import itertools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from processor.database import Database
+from processor.db.pool import Database
 from processor.lifecycle import State
 
 #: the path a sandbox takes to go live, in order; a state's rank is its index (expired is off the path)

@@ -26,6 +26,7 @@ from processor import localsecrets
 from processor.api.app import build_api_routes
 from processor.api.edge import EdgeGuard
 from processor.api.ops import ops_routes
+from processor.console.app import build_console_app, console_routes
 from processor.db.embedded import stop_embedded_server
 from processor.db.pool import Database
 from processor.eventlog.base import EventLog
@@ -66,6 +67,7 @@ class ServiceInfo:
             f"  Stripe    : {self.stripe}",
             f"  webhook URL to give Stripe: {self.webhook_url}",
             f"  API token and signing key: {self.secrets_file} (mode 0600)",
+            f"  operator console: {self.base_url}/console/ (sign in with the API token)",
             *([f"  emulator control token: {self.emulator_token} (X-Emulator-Token header; "
                "also `emulator_token` in the secrets file)"] if self.emulator_token else []),
             "  press Ctrl-C to stop",
@@ -172,6 +174,8 @@ def build_http_app(settings: Settings, event_log: EventLog, db: Database, stripe
         routes.append(metrics)
     routes += build_api_routes(settings, db, stripe_api)
     routes += ops_routes(settings, event_log, db, stripe_api)
+    routes += console_routes(build_console_app(settings, event_log, db, stripe_api,
+                                               ingress_metrics=ingress_app.state.ingress.metrics))
     app = Starlette(routes=routes, middleware=[Middleware(EdgeGuard)])
     app.state.metrics_route = metrics
     return app

@@ -1,0 +1,77 @@
+"""Sign-in with an API token, and sign-out."""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from processor.console.forms import FormTooLarge, read_form, same_origin
+from processor.console.session import (
+    SESSION_COOKIE,
+    SESSION_LIFETIME_S,
+    SIGNIN_COOKIE,
+    SIGNIN_LIFETIME_S,
+    clear_cookie,
+    console_root,
+    set_cookie,
+)
+
+if TYPE_CHECKING:
+    from processor.console.app import Console
+
+
+def routes(console: Console) -> list[BaseRoute]:
+    def form_page(request: Request, nonce: str, status: int = 200, error: str | None = None) -> Response:
+        response = console.render(request, "signin.html", {
+            "signin_csrf": console.auth.csrf_token(f"signin:{nonce}"), "error": error,
+            "nobody": not console.auth.configured,
+        }, status)
+        set_cookie(response, request, SIGNIN_COOKIE, nonce, SIGNIN_LIFETIME_S)
+        return response
+
+    async def show(request: Request) -> Response:
+        if console.auth.session(request) is not None:
+            return RedirectResponse(f"{console_root(request)}/", 303)
+        return form_page(request, request.cookies.get(SIGNIN_COOKIE) or secrets.token_urlsafe(18))
+
+    async def sign_in(request: Request) -> Response:
+        nonce = request.cookies.get(SIGNIN_COOKIE) or ""
+        try:
+            form = await read_form(request)
+        except FormTooLarge:
+            return form_page(request, secrets.token_urlsafe(18), 413, "That is not a token.")
+        if not nonce or not same_origin(request) or not console.auth.csrf_ok(f"signin:{nonce}", form.get("csrf")):
+            return form_page(request, secrets.token_urlsafe(18), 403,
+                             "The sign-in form expired or came from elsewhere. Please try again.")
+        signed = console.auth.sign_in(form.get("token"))
+        if signed is None:
+            # the same answer for every wrong token: nothing says how close it was
+            return form_page(request, nonce, 401, "That token is not valid.")
+        _session, value = signed
+        response = RedirectResponse(f"{console_root(request)}/", 303)
+        set_cookie(response, request, SESSION_COOKIE, value, SESSION_LIFETIME_S)
+        clear_cookie(response, request, SIGNIN_COOKIE)
+        return response
+
+    async def sign_out(request: Request) -> Response:
+        session = console.auth.session(request)
+        try:
+            form = await read_form(request)
+        except FormTooLarge:
+            form = None
+        if session is not None and (form is None or not console.auth.csrf_ok(session.sid, form.get("csrf"))):
+            return console.problem(request, session, 403, "Refused: the form's security token is missing or wrong",
+                                   "Reload the page and try again.")
+        response = RedirectResponse(f"{console_root(request)}/signin", 303)
+        clear_cookie(response, request, SESSION_COOKIE)
+        return response
+
+    return [
+        Route("/signin", show, methods=["GET"]),
+        Route("/signin", sign_in, methods=["POST"]),
+        Route("/signout", sign_out, methods=["POST"]),
+    ]
