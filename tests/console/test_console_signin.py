@@ -1,0 +1,49 @@
+"""Sign-in: nothing without a session, a wrong token refused, a session cookie the page's scripts cannot read."""
+
+from __future__ import annotations
+
+from playwright.async_api import BrowserContext
+
+from tests.support.console_harness import OPERATOR_TOKEN, Stack, new_page, sign_in
+
+
+async def test_every_page_needs_a_session_and_a_wrong_token_gets_none(stack: Stack, context: BrowserContext) -> None:
+    """Without signing in every page sends the browser to the sign-in form; a wrong token is refused there and
+    still opens nothing; the operator token opens the overview with an HttpOnly, SameSite=Strict, expiring
+    session cookie scoped to /console/, and signing out ends it."""
+    async with new_page(context) as page:
+        for path in ("/", "/stuck", "/dlq", "/replays", "/sandboxes/csb_anything", "/dlq/0:0"):
+            await page.goto(f"{stack.console}{path}")
+            assert page.url == f"{stack.console}/signin", path
+            assert await page.get_by_role("heading", name="Sign in").is_visible()
+
+        await page.get_by_label("API token").fill("not-a-token")
+        await page.get_by_role("button", name="Sign in").click()
+        assert await page.locator("#signin-error").inner_text() == "That token is not valid."
+        await page.goto(f"{stack.console}/dlq")
+        assert page.url == f"{stack.console}/signin"
+
+        await sign_in(page, stack, OPERATOR_TOKEN)
+        assert await page.get_by_role("heading", name="Overview").is_visible()
+        cookie = next(c for c in await context.cookies() if c["name"] == "processor_console")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/console/"
+        assert cookie["expires"] > 0  # a persistent cookie with an end, not one that lives as long as the browser
+        assert OPERATOR_TOKEN not in cookie["value"]
+        # the page's own scripts cannot read it (HttpOnly), whatever a page might run
+        assert "processor_console=" not in await page.evaluate("document.cookie")
+
+        await page.get_by_role("button", name="Sign out").click()
+        await page.wait_for_url(f"{stack.console}/signin")
+        await page.goto(f"{stack.console}/")
+        assert page.url == f"{stack.console}/signin"
+
+
+async def test_a_forged_session_cookie_opens_nothing(stack: Stack, context: BrowserContext) -> None:
+    """A session cookie not signed with the processor's key (a guessed or edited one) is ignored."""
+    await context.add_cookies([{
+        "name": "processor_console", "value": "eyJzaWQiOiJ4Iiwicm9sZSI6Im9wZXJhdG9yIiwiZnAiOiJ4In0.AAAA.BBBB",
+        "url": f"{stack.console}/",
+    }])
+    async with new_page(context) as page:
+        await page.goto(f"{stack.console}/dlq")
+        assert page.url == f"{stack.console}/signin"
