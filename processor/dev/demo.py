@@ -3,7 +3,9 @@
 Starts `processor run` on the embedded default with the bundled Stripe emulator (duplicates and reordering
 on), creates sandboxes through the sandbox API, walks them down every path through the emulator's Dashboard
 stand-in, shows live progress, and ends with a summary that checks every sandbox's state against the
-emulator's own.
+emulator's own. It then leaves work for the operator console: a few claims dead-lettered (Stripe's reads lag
+behind the webhook for longer than the consumer retries), next to the sandboxes left waiting in onboarding,
+and prints the console's URL and token; with `serve` it keeps running until Ctrl-C so they can be found.
 """
 
 from __future__ import annotations
@@ -131,8 +133,65 @@ async def _published_transitions(settings: Settings) -> tuple[int, int]:
     return len(ids), len(set(ids))
 
 
-async def run_demo(sandboxes: int = 40, out: TextIO = sys.stdout, data_dir: Path | None = None) -> DemoResult:
-    """Run the whole demo and return its result (the CLI prints it)."""
+#: claims of "left unclaimed" sandboxes the demo lets the consumer dead-letter, for the console's DLQ page
+CONSOLE_DEAD_LETTERS = 2
+#: how long the emulator's reads lag behind a change meanwhile (far longer than the consumer's not-found retries)
+READ_LAG_S = 600.0
+
+
+async def _leave_dead_letters(api: httpx.AsyncClient, control: httpx.AsyncClient, ids: list[str]) -> list[str]:
+    """Claim a few unclaimed sandboxes while Stripe's reads lag: the consumer finds no sandbox after its
+    retries and dead-letters the claims (sandbox_not_found); a replay from the console, now that the lag is
+    over, moves them on. Returns the sandboxes."""
+    chosen = [sid for i, sid in enumerate(ids) if PATHS[i % len(PATHS)] == "left unclaimed"][:CONSOLE_DEAD_LETTERS]
+    if not chosen:
+        return []
+    (await control.post("/_emulator/config", json={"read_lag_s": READ_LAG_S})).raise_for_status()
+    try:
+        for sid in chosen:
+            (await control.post(f"/_emulator/sandboxes/{sid}/claim", json={"into": "new"})).raise_for_status()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            listed = (await api.get("/v1/ops/dlq", params={"error_class": "sandbox_not_found"})).raise_for_status()
+            if {e["sandbox_id"] for e in listed.json()["data"]} >= set(chosen):
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        (await control.post("/_emulator/config", json={"read_lag_s": 0})).raise_for_status()
+    return chosen
+
+
+def console_hint(info: ServiceInfo, token: str, dead: list[str], serving: bool) -> str:
+    """Where the console is, how to sign in, and what the demo left there to find."""
+    console = f"{info.base_url}/console/"
+    lines = [
+        "",
+        "operator console",
+        "----------------",
+        f"open {console} and sign in with this demo's API token: {token}",
+        f"  dead letters to replay: {len(dead)} claim(s) Stripe's lagging reads made the consumer give up on"
+        f" ({console}dlq)",
+        f"  sandboxes left waiting in onboarding: {console}stuck?state=pending_onboarding&older_than=10s",
+    ]
+    if not serving:
+        lines.append("  (`processor demo --serve`, which `make demo` runs, keeps it up after the summary)")
+    return "\n".join(lines)
+
+
+async def _serve_until_interrupted(out: TextIO) -> None:
+    print("\nthe console stays up; press Ctrl-C to stop", file=out, flush=True)
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.Event().wait()
+
+
+#: what runs while a serving demo is up (the console screenshots), given the service and the API token
+WhileServing = Callable[[ServiceInfo, str], Awaitable[None]]
+
+
+async def run_demo(sandboxes: int = 40, out: TextIO = sys.stdout, data_dir: Path | None = None, *,
+                   serve: bool = False, while_serving: WhileServing | None = None) -> DemoResult:
+    """Run the whole demo and return its result (the CLI prints it); with `serve` print it here and keep the
+    processor (and its console) running until Ctrl-C, or until `while_serving` returns."""
     started = time.monotonic()
     owned_dir = data_dir is None
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="processor-demo-"))
@@ -175,10 +234,21 @@ async def run_demo(sandboxes: int = 40, out: TextIO = sys.stdout, data_dir: Path
             attempts = (await control.get("/_emulator/webhook_attempts")).raise_for_status().json()["data"]
             delivered = [a for a in attempts if a["outcome"] == "succeeded"]
             final = Counter((await _states(api)).values())
+            dead = await _leave_dead_letters(api, control, ids)
+            hint = console_hint(info, token, dead, serve)
+            if serve:
+                published, distinct = await _published_transitions(settings)
+                result = DemoResult(sandboxes, final, published, distinct, len(delivered),
+                                    len({a["event_id"] for a in delivered}), mismatches, time.monotonic() - started)
+                print(summary(result), file=out)
+                print(hint, file=out, flush=True)
+                await (while_serving(info, token) if while_serving else _serve_until_interrupted(out))
     finally:
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await service
+    if not serve:
+        print(hint, file=out)
     published, distinct = await _published_transitions(settings)
     if owned_dir:
         stop_embedded_server(data_dir)

@@ -92,6 +92,9 @@ async def test_demo_ends_in_step_with_the_emulator() -> None:
     assert proc.returncode == 0, output
     assert "OK: all 15 sandboxes are in the state the emulator (Stripe) says they are in." in output
     assert "duplicates absorbed" in output and "transitions published" in output
+    # it leaves the console something to find, and says where and how to sign in
+    assert "dead letters to replay: 2 claim(s)" in output, output
+    assert "/console/ and sign in with this demo's API token: " in output
     assert time.monotonic() - started < 180
 
 
