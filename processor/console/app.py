@@ -15,6 +15,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,12 @@ class Console:
 
     def problem(self, request: Request, session: Session | None, status: int, title: str, detail: str) -> Response:
         return self.render(request, "problem.html", {"title": title, "detail": detail}, status, session)
+
+
+def when(value: object) -> str:
+    """An RFC 3339 time (or a datetime) as `2026-12-02 11:08:34` UTC, for tables; anything else as it is."""
+    text = value.isoformat() if isinstance(value, datetime) else str(value or "")
+    return text.replace("T", " ")[:19] if len(text) >= 19 and text[10:11] in ("T", " ") else text
 
 
 PageHandler = Callable[[Request, Session], Awaitable[Response]]
@@ -167,6 +174,7 @@ def build_console_app(settings: Settings, event_log: EventLog, db: Database, str
     if not auth.configured:
         log.warning("no PROCESSOR_API_TOKENS or PROCESSOR_CONSOLE_READONLY_TOKENS: nobody can sign in to the console")
     templates = Jinja2Templates(directory=HERE / "templates")
+    templates.env.filters["when"] = when
     console = Console(settings, event_log, db, stripe, auth, templates, ReplayJobs(settings, event_log, db, stripe),
                       ingress_metrics)
     routes: list[BaseRoute] = [

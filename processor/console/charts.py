@@ -100,8 +100,10 @@ def transitions_chart(hours: Sequence[HourCount], title: str) -> Markup:
                 "</title></rect>"
             )
         if i % label_every == 0:
+            # the label sits under its column, kept inside the view box at either end
+            centre = min(max(x + col / 2, left + 18), WIDTH - 20)
             parts.append(
-                f'<text x="{x + col / 2:.1f}" y="{height - 8}" text-anchor="middle" class="chart-tick">'
+                f'<text x="{centre:.1f}" y="{height - 8}" text-anchor="middle" class="chart-tick">'
                 f"{_hour_label(hour, len(hours))}</text>"
             )
     total = sum(h.total for h in hours)
