@@ -16,6 +16,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from starlette.applications import Starlette
@@ -27,14 +28,13 @@ from starlette.types import Receive, Scope, Send
 from processor import constants as c
 from processor.errors import ConfigError, LogUnavailable, SignatureError
 from processor.eventlog.base import EventLog
-from processor.ingress.deadlines import Deadlines
 from processor.ingress.envelope import Envelope, EnvelopeError, parse_envelope
 from processor.ingress.jsonlog import flush_lines, log_fields
 from processor.ingress.logholder import hold_event_log
 from processor.ingress.metrics import IngressMetrics
-from processor.ingress.msclock import MillisecondClock
 from processor.ingress.signature import Verifier, parse_header
 from processor.settings import Settings
+from processor.timestamps import rfc3339
 
 WEBHOOK_PATH = "/webhooks/stripe"
 
@@ -97,9 +97,6 @@ _ACCEPTED = _answer(200, b'{"received":true}')
 _LATE_BODY = (BODY_TIMEOUT, _error(408, BODY_TIMEOUT, close=True))
 _LATE_PUBLISH = (PUBLISH_TIMEOUT, _error(503, PUBLISH_TIMEOUT))
 
-#: the received-at header, formatted once per millisecond
-_received_at = MillisecondClock("Z")  # RFC 3339, as lifecycle.messages.rfc3339 writes it
-
 
 def _record_headers(envelope: Envelope, secret_index: int) -> list[tuple[str, bytes]]:
     """The headers of a delivery's record (ARCHITECTURE §4): what consumers route and audit by, unparsed."""
@@ -107,7 +104,7 @@ def _record_headers(envelope: Envelope, secret_index: int) -> list[tuple[str, by
         (c.H_EVENT_ID, envelope.id.encode()),
         (c.H_EVENT_TYPE, envelope.type.encode()),
         (c.H_OBJECT, envelope.object.encode()),
-        (c.H_RECEIVED_AT, _received_at.encoded(time.time())),
+        (c.H_RECEIVED_AT, rfc3339(datetime.now(UTC)).encode()),
         (c.H_SECRET_INDEX, b"%d" % secret_index),
     ]
 
@@ -122,7 +119,6 @@ class Ingress:
         self.verifier = Verifier([s.reveal() for s in settings.stripe_webhook_secrets], settings.signature_tolerance_s)
         self.metrics = IngressMetrics()
         self.body_timeout_s = body_timeout_s
-        self.deadlines = Deadlines()
         #: bytes held by the bodies being read right now, across all connections
         self.bytes_in_flight = 0
 
@@ -154,6 +150,17 @@ class Ingress:
         finally:
             self.bytes_in_flight -= sum(map(len, chunks))
 
+    async def _publish(self, log: EventLog, envelope: Envelope, body: bytes, secret_index: int) -> None:
+        """Make the delivery durable in `log`, or refuse it with 503 (Stripe retries; nothing is acknowledged)."""
+        try:
+            await log.publish(self.topic, envelope.key.encode(), body, _record_headers(envelope, secret_index))
+        except LogUnavailable:
+            raise _Rejected(503, LOG_UNAVAILABLE) from None
+        except Exception as exc:  # any producer failure, a TimeoutError of its own included
+            fields = {"event_id": envelope.id, "error": type(exc).__name__}
+            _logger.error("publish failed", extra={"fields": fields})
+            raise _Rejected(503, LOG_UNAVAILABLE) from exc
+
     def _hold(self, size: int) -> None:
         """Count `size` more body bytes in memory, or refuse the delivery if the budget would be exceeded."""
         if self.bytes_in_flight + size > self.settings.max_body_bytes_in_flight:
@@ -165,42 +172,36 @@ class Ingress:
         delivery (bench/ingress.py: about a fifth more deliveries per second). IngressApp calls it; its route
         stays in the router so that other methods on the path get 405."""
         started = time.perf_counter()
-        task: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]
         event_id = event_type = None
         size = 0
         late = _LATE_BODY
-        self.deadlines.start(task, self.body_timeout_s)
         try:
-            signature = declared = None
-            for name, value in scope["headers"]:  # lower-cased by the server
-                if name == b"stripe-signature":
-                    if signature is not None:  # which one counts would be a guess: refuse, as for a bad one
-                        raise _Rejected(400, DUPLICATE_SIGNATURE)
-                    signature = value.decode("latin-1")
-                elif name == b"content-length":
-                    declared = value
-            # the header first: a request without a usable signature costs no body read
-            header = parse_header(signature)
-            body = await self._read_body(receive, declared)
-            size = len(body)
-            secret_index = self.verifier.verify(body, header)
-            envelope = parse_envelope(body)
-            event_id, event_type = envelope.id, envelope.type
-            if self.log is None:
-                raise _Rejected(503, LOG_UNAVAILABLE)
-            late = _LATE_PUBLISH
-            self.deadlines.start(task, self.settings.publish_timeout_s)
-            # awaited here rather than in a helper coroutine: one coroutine fewer to create and resume per delivery
-            try:
-                await self.log.publish(self.topic, envelope.key.encode(), body, _record_headers(envelope, secret_index))
-            except LogUnavailable:
-                raise _Rejected(503, LOG_UNAVAILABLE) from None
-            except Exception as exc:  # any producer failure: Stripe retries, nothing is acknowledged
-                _logger.error("publish failed", extra={"fields": {"event_id": event_id, "error": type(exc).__name__}})
-                raise _Rejected(503, LOG_UNAVAILABLE) from exc
-        except asyncio.CancelledError:
-            if not self.deadlines.expired(task):
-                raise  # the server is shutting down
+            # one deadline, moved on between the phases: a whole body within body_timeout_s, then the log's
+            # acknowledgement within publish_timeout_s. It cancels only this delivery's task and turns that
+            # cancellation into TimeoutError; a server shutdown's cancellation still propagates.
+            async with asyncio.timeout(self.body_timeout_s) as deadline:
+                signature = declared = None
+                for name, value in scope["headers"]:  # lower-cased by the server
+                    if name == b"stripe-signature":
+                        if signature is not None:  # which one counts would be a guess: refuse, as for a bad one
+                            raise _Rejected(400, DUPLICATE_SIGNATURE)
+                        signature = value.decode("latin-1")
+                    elif name == b"content-length":
+                        declared = value
+                # the header first: a request without a usable signature costs no body read
+                header = parse_header(signature)
+                body = await self._read_body(receive, declared)
+                size = len(body)
+                secret_index = self.verifier.verify(body, header)
+                envelope = parse_envelope(body)
+                event_id, event_type = envelope.id, envelope.type
+                log = self.log
+                if log is None:
+                    raise _Rejected(503, LOG_UNAVAILABLE)
+                late = _LATE_PUBLISH
+                deadline.reschedule(asyncio.get_running_loop().time() + self.settings.publish_timeout_s)
+                await self._publish(log, envelope, body, secret_index)
+        except TimeoutError:  # only the deadline's: _publish turns a log's own errors into _Rejected
             outcome, response = late
         except SignatureError as exc:
             outcome, response = exc.code, _error(400, exc.code)
@@ -210,8 +211,6 @@ class Ingress:
             outcome, response = exc.code, _error(exc.status, exc.code, close=exc.close)
         else:
             outcome, response = ACCEPTED, _ACCEPTED
-        finally:
-            self.deadlines.stop(task)
         elapsed = time.perf_counter() - started
         self.metrics.observe(outcome, event_type, elapsed, size)
         fields: dict[str, object] = {
