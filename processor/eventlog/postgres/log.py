@@ -243,15 +243,7 @@ class PostgresLogConsumer:
                 " AND heartbeat_at < now() - make_interval(secs => $2)",
                 self.group, self.session_timeout_s,
             )
-            desired: set[TopicPartition] = set()
-            for topic in self.topics:
-                members = [r["member_id"] for r in await conn.fetch(
-                    "SELECT member_id FROM log_group_members WHERE group_id = $1 AND $2 = ANY(topics)"
-                    " ORDER BY member_id", self.group, topic)]
-                partitions = [r["partition"] for r in await conn.fetch(
-                    "SELECT partition FROM log_partitions WHERE topic = $1 ORDER BY partition", topic)]
-                desired.update(TopicPartition(topic, p) for p in partitions
-                               if members[p % len(members)] == self.member_id)
+            desired = await self._desired(conn)
             owned = {TopicPartition(r["topic"], r["partition"]) for r in await conn.fetch(
                 "SELECT topic, partition FROM log_partition_owners WHERE group_id = $1 AND member_id = $2",
                 self.group, self.member_id)}
@@ -263,28 +255,11 @@ class PostgresLogConsumer:
                     " AND o.partition = r.partition",
                     self.group, self.member_id, [tp.topic for tp in release], [tp.partition for tp in release],
                 )
-            claim = sorted(desired - owned)
-            claimed: set[TopicPartition] = set()
-            for tp in claim:
-                got = await conn.fetchval(
-                    "INSERT INTO log_partition_owners (group_id, topic, partition, member_id)"
-                    " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING partition",
-                    self.group, tp.topic, tp.partition, self.member_id,
-                )
-                if got is not None:
-                    claimed.add(tp)
+            claimed = await self._claim(conn, sorted(desired - owned))
             now_owned = (owned - release) | claimed
-            committed = {}
-            if claimed:
-                committed = {TopicPartition(r["topic"], r["partition"]): int(r["committed"]) for r in
-                             await conn.fetch("SELECT topic, partition, committed FROM log_group_offsets"
-                                              " WHERE group_id = $1", self.group)}
-                ends = {}
-                if not self.from_beginning:
-                    ends = {TopicPartition(r["topic"], r["partition"]): int(r["next_offset"]) for r in
-                            await conn.fetch("SELECT topic, partition, next_offset FROM log_partitions")}
+            starts = await self._start_offsets(conn, claimed) if claimed else {}
         for tp in claimed:
-            self._set_position(tp, committed.get(tp, 0 if self.from_beginning else ends.get(tp, 0)))
+            self._set_position(tp, starts[tp])
         for tp in self._owned - now_owned:
             self._positions.pop(tp, None)
             self._generations[tp] += 1  # a fetch in flight read it for the previous ownership
@@ -294,6 +269,43 @@ class PostgresLogConsumer:
             log.info("member %s of %s owns %s", self.member_id, self.group, sorted(now_owned))
         self._owned = now_owned
         self._last_heartbeat = time.monotonic()
+
+    async def _desired(self, conn: Connection) -> set[TopicPartition]:
+        """The partitions this member should own: round-robin over the live members of each topic."""
+        desired: set[TopicPartition] = set()
+        for topic in self.topics:
+            members = [r["member_id"] for r in await conn.fetch(
+                "SELECT member_id FROM log_group_members WHERE group_id = $1 AND $2 = ANY(topics)"
+                " ORDER BY member_id", self.group, topic)]
+            partitions = [r["partition"] for r in await conn.fetch(
+                "SELECT partition FROM log_partitions WHERE topic = $1 ORDER BY partition", topic)]
+            desired.update(TopicPartition(topic, p) for p in partitions
+                           if members[p % len(members)] == self.member_id)
+        return desired
+
+    async def _claim(self, conn: Connection, claim: Sequence[TopicPartition]) -> set[TopicPartition]:
+        """Take the partitions of `claim` that no other member owns (one that still does releases it first)."""
+        claimed: set[TopicPartition] = set()
+        for tp in claim:
+            got = await conn.fetchval(
+                "INSERT INTO log_partition_owners (group_id, topic, partition, member_id)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING partition",
+                self.group, tp.topic, tp.partition, self.member_id,
+            )
+            if got is not None:
+                claimed.add(tp)
+        return claimed
+
+    async def _start_offsets(self, conn: Connection, claimed: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """Where reading a newly owned partition starts: the group's commit, else its start or its end."""
+        committed = {TopicPartition(r["topic"], r["partition"]): int(r["committed"]) for r in
+                     await conn.fetch("SELECT topic, partition, committed FROM log_group_offsets"
+                                      " WHERE group_id = $1", self.group)}
+        ends = {}
+        if not self.from_beginning:
+            ends = {TopicPartition(r["topic"], r["partition"]): int(r["next_offset"]) for r in
+                    await conn.fetch("SELECT topic, partition, next_offset FROM log_partitions")}
+        return {tp: committed.get(tp, 0 if self.from_beginning else ends.get(tp, 0)) for tp in claimed}
 
     async def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
         if not self._started:
