@@ -134,20 +134,7 @@ async def ensure_topics(
         existing = set(await admin.list_topics()) & set(by_name)
         missing = [name for name in by_name if name not in existing]
         if missing:
-            new = [
-                NewTopic(
-                    name=name,
-                    num_partitions=by_name[name].partitions,
-                    replication_factor=by_name[name].replication_factor,
-                    topic_configs=dict(by_name[name].config),
-                )
-                for name in missing
-            ]
-            try:
-                response = await admin.create_topics(new, timeout_ms=CREATE_TIMEOUT_MS)
-                raced = _raise_for_errors(response.topic_errors)
-            except TopicAlreadyExistsError:
-                raced = set(missing)
+            raced = await _create(admin, [by_name[name] for name in missing], missing)
             existing |= raced
             missing = [name for name in missing if name not in raced]
         shapes = await _describe(admin, {n: by_name[n] for n in existing}) if existing else {}
@@ -155,13 +142,39 @@ async def ensure_topics(
     finally:
         await admin.close()
     outcomes = [TopicOutcome(name, "created") for name in missing]
-    for name in sorted(existing):
-        partitions, replicas = shapes.get(name, (0, 0))
-        config = configs.get(name, {})
-        spec = by_name[name]
-        if config is None:  # configs we may not read are unknown, not drift: compare the shape only
-            spec = dataclasses.replace(spec, config={})
-        drift = compare(spec, name, partitions, replicas, config or {})
-        outcomes.append(TopicOutcome(name, "exists", drift, configs_checked=config is not None))
+    outcomes += [_existing(name, by_name[name], shapes, configs) for name in sorted(existing)]
     order = list(by_name)
     return sorted(outcomes, key=lambda o: order.index(o.name))
+
+
+async def _create(admin: AIOKafkaAdminClient, specs: Sequence[TopicSpec], names: Sequence[str]) -> set[str]:
+    """Create the topics `names` (with `specs`, in the same order); return those another client created first."""
+    new = [
+        NewTopic(
+            name=name,
+            num_partitions=spec.partitions,
+            replication_factor=spec.replication_factor,
+            topic_configs=dict(spec.config),
+        )
+        for name, spec in zip(names, specs, strict=True)
+    ]
+    try:
+        response = await admin.create_topics(new, timeout_ms=CREATE_TIMEOUT_MS)
+        return _raise_for_errors(response.topic_errors)
+    except TopicAlreadyExistsError:
+        return set(names)
+
+
+def _existing(
+    name: str,
+    spec: TopicSpec,
+    shapes: Mapping[str, tuple[int, int]],
+    configs: Mapping[str, dict[str, str] | None],
+) -> TopicOutcome:
+    """An existing topic, with how it differs from `spec`."""
+    partitions, replicas = shapes.get(name, (0, 0))
+    config = configs.get(name, {})
+    if config is None:  # configs we may not read are unknown, not drift: compare the shape only
+        spec = dataclasses.replace(spec, config={})
+    drift = compare(spec, name, partitions, replicas, config or {})
+    return TopicOutcome(name, "exists", drift, configs_checked=config is not None)
