@@ -138,6 +138,57 @@ class _Pass:
                 self.on_repair(repair)
 
 
+async def _start(db: Database, cursor: str, age: timedelta) -> tuple[str, str, bool, int]:
+    """The pass's run id, the last sandbox id done (an interrupted pass resumes after it), whether it resumes,
+    and how many sandboxes are left to check."""
+    async with db.pool.acquire() as conn:
+        saved = await conn.fetchrow("SELECT run_id, last_id FROM reconcile_cursors WHERE name = $1", cursor)
+        run_id = saved["run_id"] if saved else uuid.uuid4().hex[:12]
+        last_id = saved["last_id"] if saved else ""
+        total = await conn.fetchval(
+            "SELECT count(*) FROM sandboxes WHERE state <> ALL($1::text[]) AND updated_at < now() - $2::interval"
+            " AND id > $3",
+            [str(s) for s in FINAL_STATES],
+            age,
+            last_id,
+        )
+    return run_id, last_id, saved is not None, total
+
+
+async def _check_known(
+    run: _Pass, age: timedelta, last_id: str, limit: int | None, cursor: str | None, progress: Progress
+) -> None:
+    """Repair the sandboxes not in a final state whose row did not change for `age`, a page at a time in id
+    order after `last_id`; `cursor` (None in a dry run) saves where the pass is after every page."""
+    finals = [str(s) for s in FINAL_STATES]
+    report = run.report
+    while limit is None or report.checked < limit:
+        async with run.db.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT id, state FROM sandboxes WHERE state <> ALL($1::text[])"
+                " AND updated_at < now() - $2::interval AND id > $3 ORDER BY id LIMIT $4",
+                finals,
+                age,
+                last_id,
+                BATCH if limit is None else min(BATCH, limit - report.checked),
+            )
+        if not rows:
+            break
+        current: dict[str, State | None] = {row["id"]: State(row["state"]) for row in rows}
+        await _repair(run, current)
+        last_id = rows[-1]["id"]
+        if cursor is not None:
+            async with run.db.pool.acquire() as conn:
+                await conn.execute(
+                    "INSERT INTO reconcile_cursors (name, run_id, last_id) VALUES ($1, $2, $3)"
+                    " ON CONFLICT (name) DO UPDATE SET last_id = excluded.last_id, updated_at = now()",
+                    cursor,
+                    report.run_id,
+                    last_id,
+                )
+        progress.advance(len(rows))
+
+
 async def reconcile(
     settings: Settings,
     db: Database,
@@ -158,47 +209,12 @@ async def reconcile(
     account events older than `age` that were never processed."""
     progress = progress or NoProgress()
     applier = Applier(db.pool, settings.topic(c.TOPIC_TRANSITIONS), settings.topic(c.TOPIC_STATE))
-    async with db.pool.acquire() as conn:
-        saved = await conn.fetchrow("SELECT run_id, last_id FROM reconcile_cursors WHERE name = $1", cursor)
-        run_id = saved["run_id"] if saved else uuid.uuid4().hex[:12]
-        last_id = saved["last_id"] if saved else ""
-        finals = [str(s) for s in FINAL_STATES]
-        total = await conn.fetchval(
-            "SELECT count(*) FROM sandboxes WHERE state <> ALL($1::text[]) AND updated_at < now() - $2::interval"
-            " AND id > $3",
-            finals,
-            age,
-            last_id,
-        )
-    report = ReconcileReport(run_id, dry_run, resumed=saved is not None)
+    run_id, last_id, resumed, total = await _start(db, cursor, age)
+    report = ReconcileReport(run_id, dry_run, resumed=resumed)
     run = _Pass(db, applier, stripe, report, on_repair)
     progress.total(min(total, limit) if limit is not None else total)
     try:
-        while limit is None or report.checked < limit:
-            async with db.pool.acquire() as conn:
-                rows = await conn.fetch(
-                    "SELECT id, state FROM sandboxes WHERE state <> ALL($1::text[])"
-                    " AND updated_at < now() - $2::interval AND id > $3 ORDER BY id LIMIT $4",
-                    finals,
-                    age,
-                    last_id,
-                    BATCH if limit is None else min(BATCH, limit - report.checked),
-                )
-            if not rows:
-                break
-            current: dict[str, State | None] = {row["id"]: State(row["state"]) for row in rows}
-            await _repair(run, current)
-            last_id = rows[-1]["id"]
-            if not dry_run:
-                async with db.pool.acquire() as conn:
-                    await conn.execute(
-                        "INSERT INTO reconcile_cursors (name, run_id, last_id) VALUES ($1, $2, $3)"
-                        " ON CONFLICT (name) DO UPDATE SET last_id = excluded.last_id, updated_at = now()",
-                        cursor,
-                        run_id,
-                        last_id,
-                    )
-            progress.advance(len(rows))
+        await _check_known(run, age, last_id, limit, None if dry_run else cursor, progress)
         if discover and (limit is None or report.checked < limit):
             since = datetime.now(UTC) - min(discover_window, STRIPE_RETENTION)
             await _discover(run, since)
