@@ -39,7 +39,9 @@ def build_standalone_app(settings: Settings, event_log: EventLog, db: Database, 
     console = build_console_app(settings, event_log, db, stripe)
     routes = [Route("/", root, methods=["GET"]), Route("/healthz", healthz, methods=["GET"]),
               *console_routes(console)]
-    return Starlette(routes=routes, middleware=[Middleware(EdgeGuard)])
+    app = Starlette(routes=routes, middleware=[Middleware(EdgeGuard)])
+    app.state.console_jobs = console.state.console.jobs
+    return app
 
 
 async def serve_console(settings: Settings, stop: asyncio.Event,
@@ -60,3 +62,4 @@ async def serve_console(settings: Settings, stop: asyncio.Event,
         waiter.cancel()
         server.should_exit = True
         await web
+        await app.state.console_jobs.stop()  # a replay the console started resumes when run again

@@ -174,10 +174,11 @@ def build_http_app(settings: Settings, event_log: EventLog, db: Database, stripe
         routes.append(metrics)
     routes += build_api_routes(settings, db, stripe_api)
     routes += ops_routes(settings, event_log, db, stripe_api)
-    routes += console_routes(build_console_app(settings, event_log, db, stripe_api,
-                                               ingress_metrics=ingress_app.state.ingress.metrics))
+    console = build_console_app(settings, event_log, db, stripe_api, ingress_metrics=ingress_app.state.ingress.metrics)
+    routes += console_routes(console)
     app = Starlette(routes=routes, middleware=[Middleware(EdgeGuard)])
     app.state.metrics_route = metrics
+    app.state.console_jobs = console.state.console.jobs
     return app
 
 
@@ -275,6 +276,7 @@ async def run_service(settings: Settings, stop: asyncio.Event, *, emulator_port:
         # stop taking webhooks first (in-flight requests finish), then let the consumer finish its batch
         server.should_exit = True
         await asyncio.gather(web, return_exceptions=True)
+        await http_app.state.console_jobs.stop()  # a replay the console started resumes when run again
         worker_stop.set()
         results = await asyncio.gather(worker, web, *([reconciler] if reconciler else []), return_exceptions=True)
         for result in results:
