@@ -5,33 +5,16 @@ from __future__ import annotations
 from playwright.async_api import BrowserContext, Page
 
 from processor.operations.dlq import list_dlq
-from tests.support.console_harness import OPERATOR_TOKEN, READONLY_TOKEN, Stack, new_page, sign_in, wait_for
-
-
-async def dead_lettered_claims(stack: Stack) -> tuple[str, str]:
-    """Two sandboxes whose `claimed` events were dead-lettered: Stripe's reads lagged longer than the consumer's
-    not-found retries. The lag is over when this returns, so a replay now succeeds."""
-    first, second, _third = await stack.create_sandboxes(3, "dlq")
-
-    async def registered() -> bool:
-        return set((await stack.states()).values()) == {"unclaimed"} and len(await stack.states()) == 3
-
-    await wait_for(registered, "three unclaimed sandboxes")
-    stack.emu.set_knobs(read_lag_s=600.0)
-    stack.emu.state.sandboxes.claim(first, "new")
-    stack.emu.state.sandboxes.claim(second, "new")
-
-    async def both_dead() -> bool:
-        return len(await list_dlq(stack.settings, stack.log, stack.db)) == 2
-
-    await wait_for(both_dead, "both claimed events in the DLQ")
-    stack.emu.set_knobs(read_lag_s=0.0)
-    return first, second
-
-
-async def open_coordinates(stack: Stack) -> dict[str, str]:
-    """sandbox id -> coordinate of its open dead letter."""
-    return {e.sandbox_id or "": e.coordinate for e in await list_dlq(stack.settings, stack.log, stack.db)}
+from tests.support.console_harness import (
+    OPERATOR_TOKEN,
+    READONLY_TOKEN,
+    Stack,
+    dead_lettered_claims,
+    new_page,
+    open_coordinates,
+    sign_in,
+    wait_for,
+)
 
 
 async def csrf_of(page: Page) -> str:
@@ -124,3 +107,23 @@ async def test_the_read_only_role_can_look_but_not_replay(stack: Stack, context:
             assert "read-only" in await answer.text()
     assert len(await list_dlq(stack.settings, stack.log, stack.db)) == 2
     assert await stack.fetch("SELECT run_id FROM replay_runs") == []
+
+
+async def test_purging_a_selected_dead_letter_after_confirmation(stack: Stack, context: BrowserContext) -> None:
+    """Purge asks first, listing what it would purge; confirmed, the record leaves the open list (on the
+    PostgreSQL log it is deleted), the other stays, and no sandbox moves."""
+    first, second = await dead_lettered_claims(stack)
+    coordinates = await open_coordinates(stack)
+    async with new_page(context) as page:
+        await sign_in(page, stack, OPERATOR_TOKEN)
+        await page.get_by_role("link", name="Dead letters", exact=True).click()
+        await page.get_by_label(f"select {coordinates[first]}").check()
+        await page.get_by_role("button", name="Purge…").click()
+        assert await stack.fetch("SELECT * FROM dlq_replays") == []  # asking purges nothing
+        await page.get_by_role("button", name="Purge 1 record(s)").click()
+        assert "1 record(s) purged" in await page.locator("#purge-result").inner_text()
+
+        await page.get_by_role("link", name="Back to the dead letters").click()
+        left = page.locator("#dlq tbody tr[data-coordinate]")
+        assert await left.count() == 1 and await left.first.get_attribute("data-coordinate") == coordinates[second]
+    assert {(await stack.states())[sid] for sid in (first, second)} == {"unclaimed"}

@@ -21,6 +21,7 @@ from processor.db.pool import Database
 from processor.dev.emulator.config import EmulatorConfig, Knobs
 from processor.dev.emulator.runner import RunningEmulator, running_emulator
 from processor.eventlog.postgres.log import PostgresEventLog
+from processor.operations.dlq import list_dlq
 from processor.runtime.service import build_http_app
 from processor.runtime.serving import free_port, serving
 from processor.runtime.worker import WorkerOptions, run_worker
@@ -103,6 +104,32 @@ async def console_stack(pg_dsn: str) -> AsyncIterator[Stack]:
                 finally:
                     stop.set()
                     await asyncio.wait_for(worker, 30)
+
+
+async def dead_lettered_claims(stack: Stack) -> tuple[str, str]:
+    """Two sandboxes whose `claimed` events were dead-lettered: Stripe's reads lagged longer than the consumer's
+    not-found retries. The lag is over when this returns, so a replay now succeeds."""
+    first, second, _third = await stack.create_sandboxes(3, "dlq")
+
+    async def registered() -> bool:
+        return set((await stack.states()).values()) == {"unclaimed"} and len(await stack.states()) == 3
+
+    await wait_for(registered, "three unclaimed sandboxes")
+    stack.emu.set_knobs(read_lag_s=600.0)
+    stack.emu.state.sandboxes.claim(first, "new")
+    stack.emu.state.sandboxes.claim(second, "new")
+
+    async def both_dead() -> bool:
+        return len(await list_dlq(stack.settings, stack.log, stack.db)) == 2
+
+    await wait_for(both_dead, "both claimed events in the DLQ")
+    stack.emu.set_knobs(read_lag_s=0.0)
+    return first, second
+
+
+async def open_coordinates(stack: Stack) -> dict[str, str]:
+    """sandbox id -> coordinate of its open dead letter."""
+    return {e.sandbox_id or "": e.coordinate for e in await list_dlq(stack.settings, stack.log, stack.db)}
 
 
 async def sign_in(page: Page, stack: Stack, token: str) -> None:
