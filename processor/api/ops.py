@@ -41,6 +41,10 @@ class BadRequest(Exception):
     """A request the operator must fix; the message goes back in the answer."""
 
 
+#: answers to errors an operator can act on: the run is going on elsewhere, or this process is at its limit
+_STATUS_OF_CODE = {"replay_in_progress": 409, "replays_busy": 429}
+
+
 def _guard(auth: BearerAuth, handler: Endpoint) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         if auth.authenticate(request) is None:
@@ -53,7 +57,7 @@ def _guard(auth: BearerAuth, handler: Endpoint) -> Endpoint:
             # the database refused a value it was given (a partition beyond int32, text it cannot encode)
             return error(400, "bad_request", f"a value is not valid: {type(exc).__name__}")
         except ProcessorError as exc:
-            status = 409 if exc.code == "replay_in_progress" else 503 if exc.retriable else 500
+            status = _STATUS_OF_CODE.get(exc.code, 503 if exc.retriable else 500)
             return error(status, exc.code, str(exc))
 
     return endpoint

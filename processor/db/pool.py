@@ -69,6 +69,22 @@ class Database:
                 await migrate.upgrade(conn)
         return self
 
+    async def separate_pool(self, *, max_size: int) -> asyncpg.Pool:
+        """A second pool on the same server, for a part whose connections nobody else may take; the caller
+        closes it."""
+        try:
+            return await asyncpg.create_pool(self.dsn, min_size=1, max_size=max_size)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+
+    async def dedicated_connection(self) -> asyncpg.Connection:
+        """One connection outside the pool (for a session-level lock held while the pool is used); the caller
+        closes it."""
+        try:
+            return await asyncpg.connect(self.dsn)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+
     async def stop(self) -> None:
         """Close the pool. Safe to call twice."""
         pool, self._pool = self._pool, None

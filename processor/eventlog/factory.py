@@ -28,8 +28,13 @@ async def open_event_log(settings: Settings, database: Database | None = None) -
             database = Database(settings)
             await database.start(upgrade=True)
             stack.push_async_callback(database.stop)
+        # The writer gets connections of its own: the API, operator jobs and the consumer share the process's
+        # pool, and a webhook must never wait behind them (seen: API replays holding every pooled connection
+        # turned every delivery into a 503 for good). One task writes at a time; the second is for its probe.
+        writer_pool = await database.separate_pool(max_size=2)
+        stack.push_async_callback(writer_pool.close)
         # a write that outlasts the publish timeout is useless to the ingress, which has answered 503 by then
-        pg_log = PostgresEventLog(database.pool, partitions=settings.embedded_partitions,
+        pg_log = PostgresEventLog(database.pool, partitions=settings.embedded_partitions, writer_pool=writer_pool,
                                   limits=WriterLimits(write_timeout_s=settings.publish_timeout_s))
         async with pg_log:
             yield pg_log

@@ -13,9 +13,11 @@ import pytest
 
 from processor.db.pool import Database
 from processor.errors import LogUnavailable
-from processor.eventlog.base import Record
+from processor.eventlog.base import Record, TopicPartition
+from processor.eventlog.factory import open_event_log
 from processor.eventlog.postgres.log import PostgresEventLog
 from processor.eventlog.postgres.writer import WriterLimits
+from processor.settings import Settings
 
 BODY_BYTES = 64 * 1024
 TOPIC = "writer.test"
@@ -190,3 +192,19 @@ async def test_stopping_the_log_during_a_stalled_write_answers_its_caller(
         await asyncio.wait_for(blocked, timeout=30)
     with pytest.raises(LogUnavailable):
         await log.publish(TOPIC, b"k2", body(2))
+
+
+async def test_writes_go_on_while_every_shared_connection_is_busy(pg_settings: Settings, database: Database) -> None:
+    """The API, operator jobs and the consumer share the process's pool; the ingress's writes must never wait
+    behind them for a connection. Seen under the fuzzer: ten API replays held every pooled connection and every
+    webhook got 503 for good."""
+    async with open_event_log(pg_settings, database) as log:
+        held = [await database.pool.acquire() for _ in range(database.max_size)]
+        try:
+            async with asyncio.timeout(10):
+                published = await log.publish(TOPIC, b"key", b"value")
+        finally:
+            for conn in held:
+                await database.pool.release(conn)
+        tp = TopicPartition(published.topic, published.partition)
+        assert [r.value for r in await log.read(tp, published.offset, published.offset + 1)] == [b"value"]

@@ -204,7 +204,16 @@ def api_case(rng: random.Random, token: str) -> tuple[bytes, str]:
 
 
 async def send(address: tuple[str, int], raw: bytes, give_up_s: float | None = None) -> int | None:
-    """Send one request on a new connection; the answer's status, or None if the server closed without one."""
+    """Send one request on a new connection; the answer's status, or None if the server closed without one
+    or the exchange outlasted its deadline (a stalled server shows up as None answers, never as a hung run)."""
+    try:
+        async with asyncio.timeout((give_up_s or 30) + 30):
+            return await _exchange(address, raw, give_up_s)
+    except TimeoutError:
+        return None
+
+
+async def _exchange(address: tuple[str, int], raw: bytes, give_up_s: float | None) -> int | None:
     try:
         reader, writer = await asyncio.open_connection(*address)
     except OSError:

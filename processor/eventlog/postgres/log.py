@@ -41,12 +41,15 @@ class PostgresEventLog:
     name = "postgres"
 
     def __init__(self, pool: asyncpg.Pool, *, partitions: int = 4,
-                 session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S, limits: WriterLimits | None = None) -> None:
+                 session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S, limits: WriterLimits | None = None,
+                 writer_pool: asyncpg.Pool | None = None) -> None:
+        """`writer_pool`: connections for the writer alone (processor.eventlog.factory gives it one), so
+        appends never wait behind the pool's other users; without it the writer shares `pool`."""
         self.pool = pool
         self.default_partitions = partitions
         self.session_timeout_s = session_timeout_s
         self._partitions: dict[str, int] = {}
-        self._writer = LogWriter(pool, self._partition_count, limits or WriterLimits())
+        self._writer = LogWriter(writer_pool or pool, self._partition_count, limits or WriterLimits())
 
     # --- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:

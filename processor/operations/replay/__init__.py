@@ -22,7 +22,7 @@ from processor.operations.replay.request import (
     Source,
     parse_offsets,
 )
-from processor.operations.replay.run import LOCK_SPACE, ReplayInProgress, replay
+from processor.operations.replay.run import LOCK_SPACE, ReplayInProgress, ReplaysBusy, replay
 from processor.operations.replay.runs import ReplayRun, list_replay_runs
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "ReplayReport",
     "ReplayRequest",
     "ReplayRun",
+    "ReplaysBusy",
     "Source",
     "list_replay_runs",
     "parse_offsets",

@@ -34,12 +34,22 @@ log = logging.getLogger(__name__)
 MAX_LISTED = 10_000
 #: first key of the two-key advisory locks that serialise runs with the same id (an arbitrary constant)
 LOCK_SPACE = 0x5A4D
+#: replays one process runs at once: each holds a connection of its own for its lock and competes for the
+#: pool and the log with live traffic; an operator who needs more runs them one after another
+MAX_CONCURRENT_REPLAYS = 2
+_running_replays = 0
 
 
 class ReplayInProgress(ProcessorError):
     """Another process is running the replay run with this id right now."""
 
     code = "replay_in_progress"
+
+
+class ReplaysBusy(ProcessorError):
+    """This process already runs as many replays as it may; try again when one has ended."""
+
+    code = "replays_busy"
 
 
 @dataclass(slots=True)
@@ -69,16 +79,26 @@ async def replay(
     if request.source == "stripe" and stripe is None:
         raise ValueError("a replay from Stripe needs a Stripe client")
     run_id = run_id or request.default_run_id()
-    async with db.pool.acquire() as lock_conn:
-        # one process per run id at a time (CLI and HTTP alike); the lock ends with the connection
-        if not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", LOCK_SPACE, run_id):
-            raise ReplayInProgress(f"replay run {run_id} is already running")
+    global _running_replays
+    if _running_replays >= MAX_CONCURRENT_REPLAYS:
+        raise ReplaysBusy(f"{_running_replays} replays are running in this process; try again when one has ended")
+    _running_replays += 1
+    try:
+        # The run lock sits on a connection outside the pool: a pooled one held for the whole run while the run
+        # waits for more from the same pool deadlocks once every pooled connection is a lock holder (seen:
+        # replays started at once through the API stalled the whole process). The lock ends with the connection.
+        lock_conn = await db.dedicated_connection()
         try:
+            # one process per run id at a time (CLI and HTTP alike)
+            if not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", LOCK_SPACE, run_id):
+                raise ReplayInProgress(f"replay run {run_id} is already running")
             return await _replay(
                 settings, log_, db, request, stripe, dry_run, run_id, progress or NoProgress(), batch_size
             )
         finally:
-            await lock_conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", LOCK_SPACE, run_id)
+            await lock_conn.close()
+    finally:
+        _running_replays -= 1
 
 
 async def _replay(
