@@ -1,6 +1,6 @@
 """The sandbox lifecycle: the statechart, what a fetched sandbox says, and monotonic progress through it."""
 
-from processor.lifecycle.decide import Decision, Outcome, Step, decide
+from processor.lifecycle.decision import Decision, Outcome, Step, decide
 from processor.lifecycle.observation import UnknownSandboxStatus, observed_state, stripe_fields
 from processor.lifecycle.state import State
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from processor.lifecycle.decide import Step
+from processor.lifecycle.decision import Step
 from processor.lifecycle.state import State
 from processor.timestamps import rfc3339 as rfc3339  # re-exported: callers import it from here too
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
-from processor.lifecycle.decide import Step
+from processor.lifecycle.decision import Step
 from processor.lifecycle.machine import ChartError, Lifecycle, SandboxModel
 from processor.lifecycle.state import State
 

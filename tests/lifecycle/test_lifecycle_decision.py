@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from processor.lifecycle import Decision, Outcome, State, Step, decide
-from processor.lifecycle import decide as progress
+from processor.lifecycle import decision as progress
 from processor.lifecycle.machine import ChartError, Lifecycle, SandboxModel, transitions
 
 S = State
