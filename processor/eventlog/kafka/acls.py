@@ -32,7 +32,7 @@ class Permission:
 
 
 #: the relay's transactional id after the topic prefix: processor.outbox.relay.RELAY_ROLE (not imported, to keep
-#: the CLI's start light; tests/foundation/test_kafka_acls.py checks they agree)
+#: the CLI's start light; tests/eventlog/test_kafka_acls.py checks they agree)
 RELAY_TRANSACTIONAL_ID = "outbox-relay"
 
 #: process roles, as deploy/README.md lists them
