@@ -113,6 +113,20 @@ class Lifecycle:
             raise ChartError("the statechart did not enter its initial state")
         return state
 
+    @property
+    def terminated(self) -> bool:
+        """Whether the machine entered a final state: it takes no event after that, not even after `restart`."""
+        return bool(self._machine.is_terminated)
+
+    def restart(self, state: State | None) -> None:
+        """Put the machine in `state` as if it had just been created for a model in that state: no callback
+        runs for `state`; None enters the chart's initial state, running its entry callbacks. For reusing one
+        machine (building one costs more than walking it): only between completed sends, never once
+        `terminated`."""
+        self._machine.current_state_value = None if state is None else state.value
+        if state is None:
+            self._machine.activate_initial_state()
+
     def advance(self, target: State, **event_kwargs: Any) -> None:
         """Take the chart's transition from the current state to `target`, or raise `TransitionForbidden`."""
         source = self.state

@@ -9,6 +9,7 @@ handler, in one place. A forbidden step raises `TransitionForbidden` before any 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -26,10 +27,15 @@ class StateHandler(Protocol):
 class _Listener:
     """The machine's listener: matches each state the chart enters with the decided step and calls the
     handlers. The chart, not the decision, is what enters states; the check catches a decision that the chart
-    would walk differently."""
+    would walk differently. One listener serves every walk of its machine (`start` sets up the next one)."""
 
-    def __init__(self, steps: Sequence[Step], sequence: int, handlers: Sequence[StateHandler]) -> None:
-        self._steps: Iterator[Step] = iter(steps)
+    def __init__(self) -> None:
+        self._steps: Iterator[Step] = iter(())
+        self.sequence = 0
+        self._handlers: Sequence[StateHandler] = ()
+
+    def start(self, steps: Sequence[Step], sequence: int, handlers: Sequence[StateHandler]) -> None:
+        self._steps = iter(steps)
         self.sequence = sequence
         self._handlers = handlers
 
@@ -42,14 +48,35 @@ class _Listener:
             handler.entered(step, self.sequence)
 
 
+class _Walker:
+    """A machine of the chart with its listener, reused walk after walk until a walk ends in a final state:
+    building a machine (its callbacks and listener registered, its states bound) cost more than the sends of a
+    walk. Created in a state, so that no callback runs when it is built."""
+
+    def __init__(self) -> None:
+        self.listener = _Listener()
+        self.lifecycle = Lifecycle(SandboxModel(State.UNCLAIMED), listeners=[self.listener])
+
+
+#: one idle walker per thread (a machine is not for two walks at once)
+_idle = threading.local()
+
+
 def walk(current: State | None, steps: Sequence[Step], sequence: int, handlers: Sequence[StateHandler]) -> int:
     """Drive a sandbox now in `current` (None: new) through `steps`; return its last sequence number."""
-    listener = _Listener(steps, sequence, handlers)
-    # a model without a state makes the machine enter the chart's initial state: that is the first step
-    lifecycle = Lifecycle(SandboxModel(current), listeners=[listener])
+    walker: _Walker = getattr(_idle, "walker", None) or _Walker()
+    # taken while it walks: a walk that raises may leave the machine half-way through a send, so the next
+    # walk gets a new one; a handler that walks another sandbox meanwhile gets its own
+    _idle.walker = None
+    walker.listener.start(steps, sequence, handlers)
+    lifecycle = walker.lifecycle
+    # a new sandbox (no state) makes the machine enter the chart's initial state: that is the first step
+    lifecycle.restart(current)
     for step in steps:
         if step.from_state is not None:
             lifecycle.advance(step.to_state)
     if lifecycle.state != (steps[-1].to_state if steps else current):
         raise ChartError(f"the walk ended in {lifecycle.state}, not in {steps[-1].to_state}")
-    return listener.sequence
+    if not lifecycle.terminated:  # a machine that entered a final state takes no more events
+        _idle.walker = walker
+    return walker.listener.sequence

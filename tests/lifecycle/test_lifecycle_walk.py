@@ -46,3 +46,26 @@ def test_a_path_that_disagrees_with_the_current_state_is_refused() -> None:
     """A decision made for another state than the one the machine starts in cannot be walked."""
     with pytest.raises((ChartError, TransitionForbidden)):
         walk(State.CLAIMED, [Step(State.INSTALLED, State.LIVE, observed=True)], 3, [Recorder()])
+
+
+def walks_as_decided(current: State | None, observed: State, sequence: int) -> None:
+    recorder = Recorder()
+    steps = decide(current, observed).steps
+    assert walk(current, steps, sequence, [recorder]) == sequence + len(steps)
+    assert recorder.seen == [
+        (step.from_state, step.to_state, step.observed, sequence + n) for n, step in enumerate(steps, 1)
+    ]
+
+
+def test_walks_of_different_sandboxes_in_a_row_each_start_from_their_own_state() -> None:
+    """One thread's walks share a machine: each starts where its sandbox is, whatever the walk before left,
+    including after a walk into a final state and after a walk that was refused."""
+    walks_as_decided(None, State.PENDING_INSTALL, 0)
+    walks_as_decided(State.INSTALLED, State.LIVE, 5)  # final: that machine takes no more events
+    walks_as_decided(None, State.CLAIMED, 0)
+    walks_as_decided(State.PENDING_ONBOARDING, State.INSTALLED, 2)
+    walks_as_decided(State.UNCLAIMED, State.EXPIRED, 1)  # final
+    walks_as_decided(State.CLAIMED, State.PENDING_INSTALL, 7)
+    with pytest.raises(TransitionForbidden):
+        walk(State.INSTALLED, [Step(State.INSTALLED, State.UNCLAIMED, observed=True)], 3, [Recorder()])
+    walks_as_decided(State.PENDING_INSTALL, State.LIVE, 4)
