@@ -209,31 +209,8 @@ async def run_demo(sandboxes: int = 40, out: TextIO = sys.stdout, data_dir: Path
                                      headers={"Authorization": f"Bearer {token}"}) as api, \
                 httpx.AsyncClient(base_url=info.emulator_url or "", timeout=30,
                                   headers={CONTROL_TOKEN_HEADER: info.emulator_token or ""}) as control:
-            # what Stripe does in real life: deliver some events twice and not in order
-            (await control.post("/_emulator/config", json={"duplicate_rate": 0.2, "reorder_window_s": 0.5})
-             ).raise_for_status()
-            print(f"\ncreating {sandboxes} claimable sandboxes through POST /v1/sandboxes ...", file=out)
-            ids = []
-            for i in range(sandboxes):
-                response = await api.post("/v1/sandboxes", headers={"Idempotency-Key": f"demo-{i}"},
-                                          json={"email": f"user{i}@example.com", "country": "US"})
-                response.raise_for_status()
-                ids.append(response.json()["id"])
-            print("walking them down every path in the emulator's Dashboard (20% duplicate deliveries, "
-                  "reordering on) ...", file=out)
-            progress = ProgressBar("", out)
-            progress.total(sandboxes)
-            await asyncio.gather(*(_walk(control, sid, PATHS[i % len(PATHS)], i) for i, sid in enumerate(ids)))
-
-            async def deliveries_done() -> bool:
-                return bool((await control.post("/_emulator/webhook_attempts/wait", json={"timeout": 0.1})
-                             ).status_code == 200)
-
-            mismatches = await _watch(api, control, progress, "settling", until=deliveries_done)
-            progress.close()
-            attempts = (await control.get("/_emulator/webhook_attempts")).raise_for_status().json()["data"]
-            delivered = [a for a in attempts if a["outcome"] == "succeeded"]
-            final = Counter((await _states(api)).values())
+            ids = await _create_sandboxes(api, control, sandboxes, out)
+            mismatches, delivered, final = await _walk_all(api, control, ids, out)
             dead = await _leave_dead_letters(api, control, ids)
             hint = console_hint(info, token, dead, serve)
             if serve:
@@ -258,6 +235,46 @@ async def run_demo(sandboxes: int = 40, out: TextIO = sys.stdout, data_dir: Path
         deliveries=len(delivered), distinct_events=len({a["event_id"] for a in delivered}),
         mismatches=mismatches, wall_s=time.monotonic() - started,
     )
+
+
+async def _create_sandboxes(
+    api: httpx.AsyncClient, control: httpx.AsyncClient, sandboxes: int, out: TextIO
+) -> list[str]:
+    """Turn on the emulator's duplicates and reordering, then create `sandboxes` through the API; their ids."""
+    # what Stripe does in real life: deliver some events twice and not in order
+    (await control.post("/_emulator/config", json={"duplicate_rate": 0.2, "reorder_window_s": 0.5})
+     ).raise_for_status()
+    print(f"\ncreating {sandboxes} claimable sandboxes through POST /v1/sandboxes ...", file=out)
+    ids = []
+    for i in range(sandboxes):
+        response = await api.post("/v1/sandboxes", headers={"Idempotency-Key": f"demo-{i}"},
+                                  json={"email": f"user{i}@example.com", "country": "US"})
+        response.raise_for_status()
+        ids.append(response.json()["id"])
+    return ids
+
+
+async def _walk_all(
+    api: httpx.AsyncClient, control: httpx.AsyncClient, ids: list[str], out: TextIO
+) -> tuple[list[str], list[dict[str, Any]], Counter[str]]:
+    """Walk every sandbox down a path in the emulator's Dashboard and wait until the deliveries settle: the
+    mismatches seen while settling, the deliveries that succeeded, and the final states."""
+    print("walking them down every path in the emulator's Dashboard (20% duplicate deliveries, "
+          "reordering on) ...", file=out)
+    progress = ProgressBar("", out)
+    progress.total(len(ids))
+    await asyncio.gather(*(_walk(control, sid, PATHS[i % len(PATHS)], i) for i, sid in enumerate(ids)))
+
+    async def deliveries_done() -> bool:
+        return bool((await control.post("/_emulator/webhook_attempts/wait", json={"timeout": 0.1})
+                     ).status_code == 200)
+
+    mismatches = await _watch(api, control, progress, "settling", until=deliveries_done)
+    progress.close()
+    attempts = (await control.get("/_emulator/webhook_attempts")).raise_for_status().json()["data"]
+    delivered = [a for a in attempts if a["outcome"] == "succeeded"]
+    final = Counter((await _states(api)).values())
+    return mismatches, delivered, final
 
 
 def summary(result: DemoResult) -> str:
