@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -24,6 +25,17 @@ SNAPSHOT_API_VERSION = "2026-04-22.preview"
 def _conflict(message: str, code: str = "invalid_state") -> errors.ApiError:
     return errors.ApiError(409, "invalid_request_error", code, message)
 
+
+@dataclass(frozen=True, slots=True)
+class _NewSandbox:
+    """The valid parameters of a create."""
+
+    app_channel: str
+    enable_mcp_access: bool
+    refresh_url: str
+    email: str
+    country: str
+    name: str
 
 class Sandboxes:
     """Operations on sandboxes; every change is stored, then emitted as an event and handed to delivery."""
@@ -49,6 +61,29 @@ class Sandboxes:
         self, params: dict[str, Any], reason: dict[str, Any] | None = None
     ) -> tuple[SandboxRecord, dict[str, str | None]]:
         """POST /v2/core/claimable_sandboxes: validate like Stripe, store, emit `.created`."""
+        valid = self._validate_create(params)
+        now = self._clock.now()
+        token = ids.random_token(40)
+        record = SandboxRecord(
+            id=ids.sandbox_id(),
+            account=ids.account_id(),
+            app_channel=valid.app_channel,
+            enable_mcp_access=valid.enable_mcp_access,
+            prefill={"country": valid.country.upper(), "email": valid.email, "name": valid.name},
+            created=now,
+            expires_at=now + timedelta(days=SANDBOX_LIFETIME_DAYS),
+            link_token=token,
+            link_url=self._link_url(token),
+            link_expires_at=now + timedelta(days=LINK_LIFETIME_DAYS),
+            refresh_url=valid.refresh_url,
+        )
+        keys = ids.api_keys(record.account, record.enable_mcp_access)
+        self._store.add_sandbox(record)
+        self._emit_v2(record, "created", reason)
+        return record, keys
+
+    def _validate_create(self, params: dict[str, Any]) -> _NewSandbox:
+        """The parameters of a create, checked in the order Stripe checks them (the first problem is the error)."""
         app_channel = params.get("app_channel", "public")
         if app_channel not in ("public", "testing"):
             raise errors.invalid("app_channel must be one of: public, testing", param="app_channel")
@@ -83,26 +118,7 @@ class Sandboxes:
             raise errors.invalid(
                 f"Received unknown parameter: {unknown[0]}", code="parameter_unknown", param=unknown[0]
             )
-
-        now = self._clock.now()
-        token = ids.random_token(40)
-        record = SandboxRecord(
-            id=ids.sandbox_id(),
-            account=ids.account_id(),
-            app_channel=app_channel,
-            enable_mcp_access=params["enable_mcp_access"],
-            prefill={"country": country.upper(), "email": prefill["email"], "name": name},
-            created=now,
-            expires_at=now + timedelta(days=SANDBOX_LIFETIME_DAYS),
-            link_token=token,
-            link_url=self._link_url(token),
-            link_expires_at=now + timedelta(days=LINK_LIFETIME_DAYS),
-            refresh_url=refresh_url,
-        )
-        keys = ids.api_keys(record.account, record.enable_mcp_access)
-        self._store.add_sandbox(record)
-        self._emit_v2(record, "created", reason)
-        return record, keys
+        return _NewSandbox(app_channel, params["enable_mcp_access"], refresh_url, prefill["email"], country, name)
 
     def get(self, sandbox_id: str, context: str | None = None) -> SandboxRecord:
         """The sandbox as seen from `context` (Stripe-Context): the platform, the sandbox or its owner."""
