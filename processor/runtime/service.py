@@ -35,8 +35,8 @@ from processor.eventlog.kafka.admin import ensure_topics as ensure_kafka_topics
 from processor.eventlog.kafka.topics import TOPICS
 from processor.ingress.app import build_app as build_ingress_app
 from processor.ingress.metrics import IngressMetrics
-from processor.operations.reconcile import run_reconciler
 from processor.runtime.metrics import WorkerMetrics
+from processor.runtime.reconciler import run_reconciler
 from processor.runtime.serving import http_limits, server_config
 from processor.runtime.worker import WorkerOptions, WorkerStatus, run_worker
 from processor.settings import Secret, Settings

@@ -18,8 +18,9 @@ import pytest
 from processor.db.pool import Database
 from processor.eventlog.postgres.log import PostgresEventLog
 from processor.lifecycle import State
-from processor.operations.reconcile import BATCH, PERIODIC_CURSOR, RECONCILE_EVENT_TYPE, run_reconciler
+from processor.operations.reconcile import BATCH, RECONCILE_EVENT_TYPE
 from processor.runtime.metrics import WorkerMetrics
+from processor.runtime.reconciler import PERIODIC_CURSOR, run_reconciler
 from processor.settings import Settings
 from processor.stripe_api.client import StripeApi
 from tests.support.ops_harness import (
@@ -138,6 +139,7 @@ async def test_first_pass_waits_for_the_consumer_and_every_repair_is_counted(
     until the consumer has caught up, and then nothing needs repairing; a deauthorization lost later is repaired
     by the next pass, counted in processor_reconcile_repairs_total and logged as a warning."""
     caplog.set_level(logging.INFO, logger="processor.operations.reconcile")
+    caplog.set_level(logging.INFO, logger="processor.runtime.reconciler")  # the periodic one waits, then starts
     async with emulator_stack(pg_settings, pg_log) as stack:
         settings = with_db(stack.settings, pg_dsn)
         async with StripeApi(settings) as api, Database(settings) as db:
