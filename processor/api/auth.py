@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from processor.api.responses import error
+from processor.api.responses import Endpoint, guarded, problem
 from processor.settings import Secret
 
 
@@ -55,11 +55,31 @@ class BearerAuth:
         return Principal(hashlib.sha256(presented).hexdigest()) if matched else None
 
 
+Handler = Callable[[Request, Principal], Awaitable[Response]]
+
+
 def unauthorized() -> Response:
     """401 with the challenge; the body says nothing about why the token failed."""
-    return error(
+    return problem(
         401,
         "unauthorized",
         "Send a valid API token as 'Authorization: Bearer <token>'.",
         headers={"WWW-Authenticate": 'Bearer realm="processor"'},
     )
+
+
+def authenticated(auth: BearerAuth, handler: Handler, after: Callable[[], None] | None = None) -> Endpoint:
+    """The endpoint of every `/v1/*` route: 401 without a valid token, else `handler(request, caller)` with
+    its failures mapped to problems (`guarded`); `after` runs once the handler is done, whatever happened."""
+
+    async def run(request: Request) -> Response:
+        principal = auth.authenticate(request)
+        if principal is None:
+            return unauthorized()
+        try:
+            return await handler(request, principal)
+        finally:
+            if after is not None:
+                after()
+
+    return guarded(run)

@@ -11,9 +11,13 @@ import re
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from processor.api.responses import problem
+
 #: a percent-encoded C0 control character or DEL
 _ENCODED_CONTROL = re.compile(rb"%(?:[01][0-9a-fA-F]|7[fF])")
-_REFUSAL = b'{"error":"invalid_characters","message":"The path or query holds a control character."}'
+_DETAIL = "The path or query holds a control character."
+#: outside /v1 (the webhook, the probes) errors keep the ingress's `{"error": code}` shape
+_PLAIN_REFUSAL = b'{"error":"invalid_characters"}'
 
 
 class EdgeGuard:
@@ -26,8 +30,11 @@ class EdgeGuard:
         if scope["type"] == "http" and (
             _ENCODED_CONTROL.search(scope.get("raw_path") or b"") or _ENCODED_CONTROL.search(scope["query_string"])
         ):
-            headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(_REFUSAL))]
+            if scope["path"].startswith("/v1/"):
+                await problem(400, "invalid_characters", _DETAIL)(scope, receive, send)
+                return
+            headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(_PLAIN_REFUSAL))]
             await send({"type": "http.response.start", "status": 400, "headers": headers})
-            await send({"type": "http.response.body", "body": _REFUSAL})
+            await send({"type": "http.response.body", "body": _PLAIN_REFUSAL})
             return
         await self.app(scope, receive, send)

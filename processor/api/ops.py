@@ -2,8 +2,9 @@
 
 `ops_routes(...)` returns Starlette routes under /v1/ops that the processor's app mounts. Every request must
 carry `Authorization: Bearer <token>` with one of PROCESSOR_API_TOKENS (the sandbox API's `BearerAuth`); with
-no token configured every request is refused. Bodies and answers are JSON; errors have the sandbox API's shape
-(`processor.api.responses.error`).
+no token configured every request is refused (`auth.authenticated`, the same check as the sandbox API's). Bodies
+and answers are JSON, lists are pages (`processor.paging`), errors are RFC 9457 problems
+(`processor.api.responses.problem`), as everywhere under /v1.
 """
 
 from __future__ import annotations
@@ -18,23 +19,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from processor.api.auth import BearerAuth, unauthorized
-from processor.api.responses import error, json_response
+from processor.api.auth import BearerAuth, Principal, authenticated
+from processor.api.responses import Endpoint, json_response, problem
 from processor.db.pool import Database
 from processor.errors import ProcessorError
 from processor.eventlog.base import EventLog
 from processor.operations import dlq as dlq_ops
 from processor.operations.event_lookup import DEFAULT_PAGE, list_processed, show_event, unmatched_account_events
-from processor.operations.inspect import DEFAULT_LAST, list_sandboxes, show_sandbox
+from processor.operations.inspect import DEFAULT_LAST, DEFAULT_SANDBOX_PAGE, list_sandboxes, show_sandbox
 from processor.operations.reconcile import DEFAULT_AGE, reconcile
 from processor.operations.replay import SOURCES, OffsetRange, ReplayRequest, parse_offsets, replay
 from processor.operations.status import read_status
 from processor.operations.timespec import parse_duration
+from processor.paging import InvalidPage, parse_limit
 from processor.settings import Settings
 from processor.stripe_api.client import StripeApi
 
 log = logging.getLogger(__name__)
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class BadRequest(Exception):
@@ -45,20 +46,22 @@ class BadRequest(Exception):
 _STATUS_OF_CODE = {"replay_in_progress": 409, "replays_busy": 429}
 
 
-def _guard(auth: BearerAuth, handler: Endpoint) -> Endpoint:
-    async def endpoint(request: Request) -> Response:
-        if auth.authenticate(request) is None:
-            return unauthorized()
+def _operator_errors(handler: Endpoint) -> Callable[[Request, Principal], Awaitable[Response]]:
+    """The operations' own failures as problems (what `authenticated` maps for every handler comes after)."""
+
+    async def endpoint(request: Request, principal: Principal) -> Response:
         try:
             return await handler(request)
+        except InvalidPage:
+            raise  # answered as on every list (`responses.guarded`)
         except (BadRequest, ValueError, OverflowError) as exc:  # OverflowError: a number beyond what it names
-            return error(400, "bad_request", str(exc))
+            return problem(400, "bad_request", str(exc))
         except asyncpg.DataError as exc:
             # the database refused a value it was given (a partition beyond int32, text it cannot encode)
-            return error(400, "bad_request", f"a value is not valid: {type(exc).__name__}")
+            return problem(400, "bad_request", f"a value is not valid: {type(exc).__name__}")
         except ProcessorError as exc:
             status = _STATUS_OF_CODE.get(exc.code, 503 if exc.retriable else 500)
-            return error(status, exc.code, str(exc))
+            return problem(status, exc.code, str(exc))
 
     return endpoint
 
@@ -92,7 +95,7 @@ def _flag(data: dict[str, Any] | Any, name: str) -> bool:
     return bool(value)
 
 
-def _limit(data: dict[str, Any] | Any, default: int) -> int:
+def _reconcile_limit(data: dict[str, Any] | Any, default: int) -> int:
     raw = data.get("limit", default)
     try:
         value = int(raw)
@@ -159,7 +162,7 @@ def ops_routes(settings: Settings, log_: EventLog, db: Database, stripe: StripeA
         body = await _body(request)
         age_text = _text(body, "age")
         age = parse_duration(age_text) if age_text else DEFAULT_AGE
-        limit = _limit(body, 10_000) if "limit" in body else None
+        limit = _reconcile_limit(body, 10_000) if "limit" in body else None
         report = await reconcile(
             settings,
             db,
@@ -174,20 +177,21 @@ def ops_routes(settings: Settings, log_: EventLog, db: Database, stripe: StripeA
 
     async def get_dlq(request: Request) -> Response:
         query = request.query_params
-        entries = await dlq_ops.list_dlq(
+        page = await dlq_ops.page_dlq(
             settings,
             log_,
             db,
             _dlq_filter(query),
             include_resolved=_flag(query, "include_resolved"),
-            limit=_limit(query, 100),
+            limit=parse_limit(query.get("limit"), dlq_ops.DEFAULT_PAGE),
+            cursor=_text(query, "cursor"),
         )
-        return json_response({"data": [e.summary() for e in entries]})
+        return json_response(page.as_dict())
 
     async def get_dlq_entry(request: Request) -> Response:
         entry = await dlq_ops.show_dlq(settings, log_, db, request.path_params["coordinate"])
         if entry is None:
-            return error(404, "not_found", "No such dead-lettered record.")
+            return problem(404, "not_found", "No such dead-lettered record.")
         return json_response(entry.detail())
 
     async def post_dlq_purge(request: Request) -> Response:
@@ -203,14 +207,14 @@ def ops_routes(settings: Settings, log_: EventLog, db: Database, stripe: StripeA
     async def get_sandboxes(request: Request) -> Response:
         query = request.query_params
         stuck = _text(query, "stuck_for")
-        rows = await list_sandboxes(
+        page = await list_sandboxes(
             db,
             state=_text(query, "state"),
             stuck_for=parse_duration(stuck) if stuck else None,
-            limit=_limit(query, 100),
-            after=_text(query, "after") or "",
+            limit=parse_limit(query.get("limit"), DEFAULT_SANDBOX_PAGE),
+            cursor=_text(query, "cursor"),
         )
-        return json_response({"data": rows})
+        return json_response(page.as_dict())
 
     async def get_sandbox(request: Request) -> Response:
         query = request.query_params
@@ -220,11 +224,11 @@ def ops_routes(settings: Settings, log_: EventLog, db: Database, stripe: StripeA
         found = await show_sandbox(
             db,
             request.path_params["sandbox_id"],
-            last=_limit(query, DEFAULT_LAST),
+            last=parse_limit(query.get("limit"), DEFAULT_LAST),
             before=None if before is None else int(before),
         )
         if found is None:
-            return error(404, "not_found", "No such sandbox.")
+            return problem(404, "not_found", "No such sandbox.")
         return json_response(found)
 
     async def get_status(request: Request) -> Response:
@@ -237,7 +241,7 @@ def ops_routes(settings: Settings, log_: EventLog, db: Database, stripe: StripeA
             sandbox_id=_text(query, "sandbox_id"),
             outcome=_text(query, "outcome"),
             event_type=_text(query, "event_type"),
-            limit=_limit(query, DEFAULT_PAGE),
+            limit=parse_limit(query.get("limit"), DEFAULT_PAGE),
             cursor=_text(query, "cursor"),
         )
         return json_response(page.as_dict())
@@ -245,16 +249,17 @@ def ops_routes(settings: Settings, log_: EventLog, db: Database, stripe: StripeA
     async def get_event(request: Request) -> Response:
         found = await show_event(settings, log_, db, request.path_params["event_id"])
         if found is None:
-            return error(404, "not_found", "No event with this id was processed, recorded or dead-lettered.")
+            return problem(404, "not_found", "No event with this id was processed, recorded or dead-lettered.")
         return json_response(found)
 
     async def get_unmatched(request: Request) -> Response:
         query = request.query_params
-        page = await unmatched_account_events(db, limit=_limit(query, DEFAULT_PAGE), cursor=_text(query, "cursor"))
+        limit = parse_limit(query.get("limit"), DEFAULT_PAGE)
+        page = await unmatched_account_events(db, limit=limit, cursor=_text(query, "cursor"))
         return json_response(page.as_dict())
 
     def route(path: str, handler: Endpoint, method: str) -> Route:
-        return Route(path, _guard(auth, handler), methods=[method])
+        return Route(path, authenticated(auth, _operator_errors(handler)), methods=[method])
 
     return [
         route("/v1/ops/replay", post_replay, "POST"),

@@ -33,10 +33,11 @@ from starlette.responses import Response
 from processor.api.auth import Principal
 from processor.api.refresh import refresh_url
 from processor.api.registration import register_created
-from processor.api.responses import error, json_response
-from processor.api.store import ApiStore, InvalidCursor, decode_cursor
+from processor.api.responses import json_response, problem
+from processor.api.store import ApiStore
 from processor.consumer.applier import Applier
 from processor.lifecycle import State
+from processor.paging import parse_limit
 from processor.settings import Secret
 from processor.stripe_api.client import StripeApi
 
@@ -47,7 +48,6 @@ REPLAY_WINDOW = timedelta(hours=23)
 #: Stripe accepts idempotency keys up to 255 characters; ours are shorter, the caller's are capped
 MAX_IDEMPOTENCY_KEY = 255
 DEFAULT_PAGE = 20
-MAX_PAGE = 100
 _CREATE_FIELDS = frozenset({"email", "country", "name", "app_channel", "enable_mcp_access"})
 #: never stored or logged: the answer carries the sandbox's secret keys
 _NO_STORE = {"Cache-Control": "no-store"}
@@ -110,25 +110,25 @@ class SandboxEndpoints:
     async def create(self, request: Request, principal: Principal) -> Response:
         header = request.headers.get("idempotency-key", "").strip()
         if not header:
-            return error(400, "idempotency_key_required", "Send an Idempotency-Key header (e.g. a UUID).")
+            return problem(400, "idempotency_key_required", "Send an Idempotency-Key header (e.g. a UUID).")
         if not _valid_header(header):
-            return error(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable ASCII characters.")
+            return problem(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable ASCII characters.")
         try:
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError:
-            return error(400, "invalid_json", "The body must be a JSON object.")
+            return problem(400, "invalid_json", "The body must be a JSON object.")
         if not isinstance(body, dict):
-            return error(400, "invalid_json", "The body must be a JSON object.")
+            return problem(400, "invalid_json", "The body must be a JSON object.")
         try:
             params = create_params(body)
         except InvalidBody as exc:
-            return error(422, "invalid_parameter", str(exc), param=exc.param)
+            return problem(422, "invalid_parameter", str(exc), param=exc.param)
 
         stripe_key = stripe_idempotency_key(self.key, principal, header)
         fingerprint = hashlib.sha256(orjson.dumps(params, option=orjson.OPT_SORT_KEYS)).hexdigest()
         previous, existed = await self.store.begin_create(stripe_key, fingerprint)
         if not hmac.compare_digest(previous.fingerprint, fingerprint):
-            return error(
+            return problem(
                 422,
                 "idempotency_key_reused",
                 "This Idempotency-Key was used with other parameters; use a new key for a new sandbox.",
@@ -176,7 +176,7 @@ class SandboxEndpoints:
         """A retry after Stripe's idempotency window: what we know, without keys (they were shown once)."""
         sandbox = await self.store.sandbox(sandbox_id)
         if sandbox is None:
-            return error(409, "sandbox_unknown", "The sandbox of this Idempotency-Key is no longer known.")
+            return problem(409, "sandbox_unknown", "The sandbox of this Idempotency-Key is no longer known.")
         answer = {
             "id": sandbox_id,
             "object": "sandbox",
@@ -192,7 +192,7 @@ class SandboxEndpoints:
         sandbox_id = request.path_params["id"]
         sandbox = await self.store.sandbox(sandbox_id)
         if sandbox is None:
-            return error(404, "sandbox_not_found", f"No sandbox {sandbox_id!r}.")
+            return problem(404, "sandbox_not_found", f"No sandbox {sandbox_id!r}.")
         sandbox["refresh_url"] = refresh_url(self.public_url, self.key, sandbox_id)
         return json_response(sandbox)
 
@@ -203,20 +203,10 @@ class SandboxEndpoints:
             try:
                 state = State(raw_state)
             except ValueError:
-                return error(400, "invalid_state", f"state must be one of {', '.join(State)}.", param="state")
-        raw_limit = query.get("limit", str(DEFAULT_PAGE))
-        # isascii: str.isdigit() also accepts digits int() refuses ("²"); len: int() refuses 4,301+ digits
-        digits = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 6
-        if not digits or not 1 <= int(raw_limit) <= MAX_PAGE:
-            return error(400, "invalid_limit", f"limit must be an integer from 1 to {MAX_PAGE}.", param="limit")
-        after = None
-        if cursor := query.get("cursor"):
-            try:
-                after = decode_cursor(cursor)
-            except InvalidCursor:
-                return error(400, "invalid_cursor", "cursor is not one this API returned.", param="cursor")
-        data, next_cursor = await self.store.page(state, after, int(raw_limit))
-        return json_response({"object": "list", "data": data, "next_cursor": next_cursor})
+                return problem(400, "invalid_state", f"state must be one of {', '.join(State)}.", param="state")
+        limit = parse_limit(query.get("limit"), DEFAULT_PAGE)  # InvalidPage: 400 (`responses.guarded`)
+        page = await self.store.page(state, query.get("cursor") or None, limit)
+        return json_response(page.as_dict())
 
 
 def _link_only(renewed: dict[str, Any]) -> dict[str, Any]:

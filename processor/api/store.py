@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,6 +10,7 @@ import asyncpg
 import orjson
 
 from processor.lifecycle import State
+from processor.paging import InvalidCursor, Page, decode_cursor, page_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,25 +22,15 @@ class CreateRequest:
     completed_at: datetime | None
 
 
-class InvalidCursor(ValueError):
-    """A `cursor` query parameter that is not one this API handed out."""
-
-
-def encode_cursor(created_at: datetime, sandbox_id: str) -> str:
-    """An opaque cursor naming the last sandbox of a page."""
-    raw = orjson.dumps([created_at.isoformat(), sandbox_id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
+def decode_sandbox_cursor(cursor: str) -> tuple[datetime, str]:
+    """(created_at, id) of the last sandbox of the page a cursor of `ApiStore.page` ends; InvalidCursor else."""
+    created, sandbox_id = decode_cursor(cursor, 2)
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, sandbox_id = orjson.loads(raw)
-        at = datetime.fromisoformat(created)
-    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
-        raise InvalidCursor(cursor) from None
+        at = datetime.fromisoformat(str(created))
+    except ValueError:
+        raise InvalidCursor() from None
     if not isinstance(sandbox_id, str) or at.tzinfo is None:
-        raise InvalidCursor(cursor)
+        raise InvalidCursor()
     return at, sandbox_id
 
 
@@ -111,10 +100,9 @@ class ApiStore:
             "anomalies": [dict(a) for a in anomalies],
         }
 
-    async def page(
-        self, state: State | None, after: tuple[datetime, str] | None, limit: int
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        """Up to `limit` sandboxes newest first after the cursor position, and the cursor of the next page."""
+    async def page(self, state: State | None, cursor: str | None, limit: int) -> Page:
+        """Up to `limit` sandboxes newest first after the `cursor` of the previous page."""
+        after = decode_sandbox_cursor(cursor) if cursor else None
         rows = await self.pool.fetch(
             "SELECT * FROM sandboxes"
             " WHERE ($1::text IS NULL OR state = $1)"
@@ -125,10 +113,8 @@ class ApiStore:
             None if after is None else after[1],
             limit + 1,
         )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
-        return [summary(r) for r in rows], cursor
+        page, next_cursor = page_of(rows, limit, lambda r: (r["created_at"].isoformat(), r["id"]))
+        return Page([summary(r) for r in page], next_cursor)
 
 
 def summary(row: asyncpg.Record) -> dict[str, Any]:

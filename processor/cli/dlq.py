@@ -6,11 +6,14 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 
+from processor.cli.options import add_json, add_paging, print_page
 from processor.operations import dlq as dlq_ops
 from processor.operations.session import ops_session
+from processor.paging import Page
 from processor.settings import Settings
 
 
@@ -26,11 +29,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing = commands.add_parser("list", help="open dead-lettered events (replayed/purged ones hidden)")
     _filters(listing)
     listing.add_argument("--all", action="store_true", help="include replayed and purged records")
-    listing.add_argument("--limit", type=int, default=100)
-    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_paging(listing, dlq_ops.DEFAULT_PAGE)
     listing.set_defaults(handler=_list)
-    show = commands.add_parser("show", help="one dead-lettered record in full")
-    show.add_argument("coordinate", metavar="PARTITION:OFFSET")
+    show = commands.add_parser("show", help="one dead-lettered record in full (indented JSON unless --json)")
+    show.add_argument("coordinate", metavar="PARTITION:OFFSET", help="the record, as `dlq list` names it (e.g. 0:17)")
+    add_json(show)
     show.set_defaults(handler=_show)
     purge = commands.add_parser("purge", help="resolve dead-lettered events without replaying them")
     _filters(purge)
@@ -46,22 +49,27 @@ def _where(args: argparse.Namespace) -> dlq_ops.DlqFilter:
 def _list(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
 
-    async def go() -> list[dlq_ops.DlqEntry]:
+    async def go() -> Page:
         async with ops_session(settings) as ops:
-            return await dlq_ops.list_dlq(
-                settings, ops.log, ops.db, _where(args), include_resolved=args.all, limit=args.limit
+            return await dlq_ops.page_dlq(
+                settings, ops.log, ops.db, _where(args), include_resolved=args.all, limit=args.limit,
+                cursor=args.cursor,
             )
 
-    for entry in asyncio.run(go()):
-        if args.json:
-            print(orjson.dumps(entry.summary()).decode())
-        else:
-            mark = f"  [{entry.resolution}]" if entry.resolution else ""
-            print(
-                f"{entry.coordinate:<10} {entry.event_id}  {entry.event_type}  {entry.sandbox_id}"
-                f"  {entry.error_class}: {entry.error_message}{mark}"
-            )
-    return 0
+    try:
+        page = asyncio.run(go())
+    except ValueError as exc:  # a bad --limit or --cursor
+        print(f"processor dlq: {exc}", file=sys.stderr)
+        return 2
+    return print_page(page, args.json, _line)
+
+
+def _line(entry: dict[str, Any]) -> str:
+    mark = f"  [{entry['resolution']}]" if entry["resolution"] else ""
+    return (
+        f"{entry['coordinate']:<10} {entry['event_id']}  {entry['event_type']}  {entry['sandbox_id']}"
+        f"  {entry['error_class']}: {entry['error_message']}{mark}"
+    )
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -80,7 +88,7 @@ def _show(args: argparse.Namespace) -> int:
     if entry is None:
         print(f"processor dlq: no record at {args.coordinate}", file=sys.stderr)
         return 1
-    print(orjson.dumps(entry.detail(), option=orjson.OPT_INDENT_2).decode())
+    print(orjson.dumps(entry.detail(), option=0 if args.json else orjson.OPT_INDENT_2).decode())
     return 0
 
 

@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="NAME",
         help="a host name clients use besides localhost and --public-url's (Host header check); repeatable",
     )
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"listen port (default {DEFAULT_PORT})")
     parser.add_argument(
         "--api-key",
         action="append",
@@ -50,11 +50,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--public-url", help="URL users reach the emulator at (onboarding links point there)")
     parser.add_argument("--seed", type=int, help="seed the random knobs for a reproducible run")
     knobs = parser.add_argument_group("knobs (also changeable at run time: POST /_emulator/config)")
-    knobs.add_argument("--duplicate-rate", type=float, default=0.0)
-    knobs.add_argument("--reorder-window", type=float, default=0.0, metavar="SECONDS")
-    knobs.add_argument("--delivery-latency", type=float, default=0.0, metavar="SECONDS")
-    knobs.add_argument("--api-latency", type=float, default=0.0, metavar="SECONDS")
-    knobs.add_argument("--api-error-rate", type=float, default=0.0)
+    knobs.add_argument("--duplicate-rate", type=float, default=0.0,
+                       help="share of webhooks delivered twice (0 to 1)")
+    knobs.add_argument("--reorder-window", type=float, default=0.0, metavar="SECONDS",
+                       help="hold each webhook up to this long at random, so deliveries arrive out of order")
+    knobs.add_argument("--delivery-latency", type=float, default=0.0, metavar="SECONDS",
+                       help="wait this long before each webhook delivery")
+    knobs.add_argument("--api-latency", type=float, default=0.0, metavar="SECONDS",
+                       help="answer each API request this much later")
+    knobs.add_argument("--api-error-rate", type=float, default=0.0,
+                       help="share of API requests answered with an injected error (0 to 1)")
     knobs.add_argument("--rate-limit", type=float, default=25.0, metavar="RPS", help="0 = unlimited")
     knobs.add_argument("--no-delivery", action="store_true", help="start with webhook delivery off")
     parser.set_defaults(handler=run)
@@ -108,5 +113,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"emulator API key: {config.api_keys[0]}", flush=True)
     print(f"emulator control token: {config.control_token} (send it as {CONTROL_TOKEN_HEADER} on /_emulator/*)",
           flush=True)
-    uvicorn.run(build_app(config), host=config.host, port=config.port, log_level="info")
+    # log_config=None: uvicorn's lines go through the one set-up of `cli.main`, not uvicorn's own handlers
+    uvicorn.run(build_app(config), host=config.host, port=config.port, log_level="info", log_config=None)
     return 0

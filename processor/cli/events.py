@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from processor.cli.options import add_json, add_paging, print_page
+
 if TYPE_CHECKING:
     from processor.db.pool import Database
-    from processor.operations.event_lookup import Page
     from processor.operations.session import OpsSession
 
 #: rows per page by default (kept here so parsing the command line imports nothing heavy)
@@ -28,24 +29,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser("events", help="look up processed events: outcome, time, where they went")
     commands = parser.add_subparsers(dest="events_command", required=True)
     show = commands.add_parser("show", help="one event: processed or not, outcome, history rows, dead letters")
-    show.add_argument("event_id", metavar="ID")
-    show.add_argument("--json", action="store_true", help="print one JSON object")
+    show.add_argument("event_id", metavar="ID", help="the Stripe event id (evt_...)")
+    add_json(show)
     show.set_defaults(handler=_show)
     listing = commands.add_parser("list", help="processed events, newest first, a page at a time")
     listing.add_argument("--sandbox", help="only events of this sandbox")
     listing.add_argument("--outcome", help="only this outcome (applied, stale, notice, flag, unmatched)")
     listing.add_argument("--event-type", help="only events of this type")
-    _paging(listing)
+    add_paging(listing, DEFAULT_PAGE)
     listing.set_defaults(handler=_list)
     unmatched = commands.add_parser("unmatched", help="v1 account events that no sandbox matches (yet)")
-    _paging(unmatched)
+    add_paging(unmatched, DEFAULT_PAGE)
     unmatched.set_defaults(handler=_unmatched)
-
-
-def _paging(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--limit", type=int, default=DEFAULT_PAGE, help=f"rows per page (default {DEFAULT_PAGE})")
-    parser.add_argument("--cursor", help="the page after this cursor (printed at the end of the previous page)")
-    parser.add_argument("--json", action="store_true", help='print {"data": [...], "next_cursor": ...}')
 
 
 def _session_call(call: Callable[[OpsSession], Awaitable[Any]]) -> Any:
@@ -107,17 +102,6 @@ def _render_event(found: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _print_page(page: Page, args: argparse.Namespace, line: Callable[[dict[str, Any]], str]) -> int:
-    if args.json:
-        print(orjson.dumps(page.as_dict()).decode())
-        return 0
-    for row in page.data:
-        print(line(row))
-    if page.next_cursor:
-        print(f"next page: --cursor {page.next_cursor}")
-    return 0
-
-
 def _list(args: argparse.Namespace) -> int:
     from processor.operations.event_lookup import list_processed
 
@@ -135,9 +119,9 @@ def _list(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"processor events: {exc}", file=sys.stderr)
         return 2
-    return _print_page(
+    return print_page(
         page,
-        args,
+        args.json,
         lambda r: f"{r['processed_at']}  {r['event_id']}  {r['event_type']}  {r['outcome']}  {r['sandbox_id'] or '-'}",
     )
 
@@ -150,6 +134,6 @@ def _unmatched(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"processor events: {exc}", file=sys.stderr)
         return 2
-    return _print_page(
-        page, args, lambda r: f"{r['created']}  {r['event_id']}  {r['event_type']}  account {r['account']}"
+    return print_page(
+        page, args.json, lambda r: f"{r['created']}  {r['event_id']}  {r['event_type']}  account {r['account']}"
     )

@@ -14,31 +14,34 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from processor.cli.options import add_json, add_paging, print_page
+
 if TYPE_CHECKING:
     from processor.db.pool import Database
 
 #: history rows and processed events `sandbox show` prints by default (operations.inspect.DEFAULT_LAST)
 DEFAULT_LAST = 20
+#: sandboxes per page of `sandbox list` (operations.inspect.DEFAULT_SANDBOX_PAGE)
+DEFAULT_PAGE = 100
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("sandbox", help="inspect sandboxes: state, history, events, anomalies")
     commands = parser.add_subparsers(dest="sandbox_command", required=True)
     show = commands.add_parser("show", help="one sandbox in full")
-    show.add_argument("sandbox_id", metavar="ID")
+    show.add_argument("sandbox_id", metavar="ID", help="the sandbox's id (csb_...)")
     show.add_argument(
         "--last", type=int, default=DEFAULT_LAST, help=f"history rows and events to show (default {DEFAULT_LAST})"
     )
     show.add_argument(
         "--before", type=int, metavar="HISTORY_ID", help="the history page before this row (its history_next)"
     )
-    show.add_argument("--json", action="store_true", help="one JSON object on one line")
+    add_json(show)
     show.set_defaults(handler=_show)
     listing = commands.add_parser("list", help="sandboxes by state and age")
     listing.add_argument("--state", help="only sandboxes in this state")
     listing.add_argument("--stuck-for", help="only sandboxes not updated for this long (e.g. 2d)")
-    listing.add_argument("--limit", type=int, default=100)
-    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_paging(listing, DEFAULT_PAGE)
     listing.set_defaults(handler=_list)
 
 
@@ -74,10 +77,15 @@ def _list(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"processor sandbox: {exc}", file=sys.stderr)
         return 2
-    rows = _with_db(lambda db: list_sandboxes(db, state=args.state, stuck_for=stuck, limit=args.limit))
-    for row in rows:
-        if args.json:
-            print(orjson.dumps(row).decode())
-        else:
-            print(f"{row['id']}  {row['state']:<18}  updated {row['updated_at']}  last event {row['last_event_id']}")
-    return 0
+    try:
+        page = _with_db(
+            lambda db: list_sandboxes(db, state=args.state, stuck_for=stuck, limit=args.limit, cursor=args.cursor)
+        )
+    except ValueError as exc:  # a bad --limit or --cursor
+        print(f"processor sandbox: {exc}", file=sys.stderr)
+        return 2
+    return print_page(
+        page,
+        args.json,
+        lambda r: f"{r['id']}  {r['state']:<18}  updated {r['updated_at']}  last event {r['last_event_id']}",
+    )

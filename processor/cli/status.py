@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 
+from processor.cli.options import add_json
 from processor.errors import ProcessorError
 from processor.operations.session import ops_session
 from processor.operations.status import NotCaughtUp, Status, read_status, wait_caught_up
@@ -32,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--data-dir",
                         help="data directory of the embedded default (default $PROCESSOR_DATA_DIR or ./var)")
-    parser.add_argument("--json", action="store_true", help="print the status as one JSON object")
+    add_json(parser)
     parser.add_argument("--wait-caught-up", action="store_true", help="wait until caught up (see --timeout)")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                         help="give up waiting after this long, exit 1 (default 60)")

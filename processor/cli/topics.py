@@ -128,11 +128,11 @@ def register(subparsers: Any) -> None:
     create.set_defaults(handler=_create)
 
     show = commands.add_parser("show", parents=[sizing], help="print the topic specs as JSON or YAML")
-    show.add_argument("--format", choices=("json", "yaml"), default="json")
+    show.add_argument("--format", choices=("json", "yaml"), default="json", help="output format (default json)")
     show.add_argument("--prefix", default=None, help="topic name prefix; default PROCESSOR_TOPIC_PREFIX")
     show.set_defaults(handler=_show)
 
     acls = commands.add_parser("acls", help="print the Kafka ACLs each process needs (least privilege)")
-    acls.add_argument("--format", choices=("json", "yaml"), default="yaml")
+    acls.add_argument("--format", choices=("json", "yaml"), default="yaml", help="output format (default yaml)")
     acls.add_argument("--prefix", default=None, help="topic name prefix; default PROCESSOR_TOPIC_PREFIX")
     acls.set_defaults(handler=_acls)

@@ -17,10 +17,13 @@ from processor import constants as c
 from processor.db.pool import Database
 from processor.eventlog.base import EventLog, Record, TopicPartition
 from processor.eventlog.postgres.log import PostgresEventLog
+from processor.paging import InvalidCursor, Page, decode_cursor, page_of, parse_limit
 from processor.settings import Settings
 
 #: records read from the log per request
 READ_CHUNK = 1000
+#: dead-lettered records per page of `dlq list` and GET /v1/ops/dlq unless asked otherwise
+DEFAULT_PAGE = 100
 REPLAYED = "replayed"
 PURGED = "purged"
 #: the event was applied by another delivery meanwhile: nothing left to replay
@@ -160,13 +163,25 @@ async def read_partitions(
 
 
 async def dlq_entries(
-    settings: Settings, log: EventLog, db: Database, where: DlqFilter | None = None, *, include_resolved: bool = False
+    settings: Settings,
+    log: EventLog,
+    db: Database,
+    where: DlqFilter | None = None,
+    *,
+    include_resolved: bool = False,
+    after: tuple[int, int] | None = None,
 ) -> AsyncIterator[list[DlqEntry]]:
-    """Dead-lettered records matching `where`, in chunks; resolved ones only with `include_resolved`."""
+    """Dead-lettered records matching `where` in log order (partition, then offset), in chunks, starting after
+    the record at (partition, offset) `after`; resolved ones only with `include_resolved`."""
     topic = settings.topic(c.TOPIC_DLQ)
     where = where or DlqFilter()
     resolved = await resolutions(db, topic)
-    async for chunk in read_partitions(log, await log.end_offsets(topic)):
+    ends = await log.end_offsets(topic)
+    starts: dict[TopicPartition, int] = {}
+    if after is not None:
+        ends = {tp: end for tp, end in ends.items() if tp.partition >= after[0]}
+        starts = {tp: after[1] + 1 for tp in ends if tp.partition == after[0]}
+    async for chunk in read_partitions(log, ends, starts):
         entries = [entry_of(r, resolved.get((r.partition, r.offset))) for r in chunk]
         selected = [e for e in entries if where.matches(e) and (include_resolved or e.resolution is None)]
         if selected:
@@ -189,6 +204,33 @@ async def list_dlq(
         if limit is not None and len(found) >= limit:
             return found[:limit]
     return found
+
+
+async def page_dlq(
+    settings: Settings,
+    log: EventLog,
+    db: Database,
+    where: DlqFilter | None = None,
+    *,
+    include_resolved: bool = False,
+    limit: int = DEFAULT_PAGE,
+    cursor: str | None = None,
+) -> Page:
+    """A page of dead-lettered records (their summaries) matching `where`, in log order."""
+    parse_limit(limit, DEFAULT_PAGE)
+    after = None
+    if cursor:
+        partition, offset = decode_cursor(cursor, 2)
+        if not isinstance(partition, int) or not isinstance(offset, int) or min(partition, offset) < 0:
+            raise InvalidCursor()
+        after = (partition, offset)
+    found: list[DlqEntry] = []
+    async for chunk in dlq_entries(settings, log, db, where, include_resolved=include_resolved, after=after):
+        found.extend(chunk)
+        if len(found) > limit:
+            break
+    page, next_cursor = page_of(found, limit, lambda e: (e.record.partition, e.record.offset))
+    return Page([e.summary() for e in page], next_cursor)
 
 
 def parse_coordinate(text: str) -> tuple[int, int]:

@@ -2,63 +2,25 @@
 where it went (the history rows it wrote in each sandbox, anomalies, the DLQ); processed events page by page;
 and the v1 account events no sandbox matches yet (they set a flag as soon as one does).
 
-Lists are newest first and paged by an opaque cursor: pass a page's `next_cursor` to get the next one; a page
-without `next_cursor` is the last.
+Lists are newest first and paged the one way every list is (`processor.paging`).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-
-import orjson
 
 from processor.db.pool import Database
 from processor.eventlog.base import EventLog
 from processor.operations import dlq as dlq_ops
 from processor.operations.inspect import plain_row
+from processor.paging import InvalidCursor, Page, decode_cursor, page_of, parse_limit
 from processor.settings import Settings
 from processor.timestamps import rfc3339
 
-#: rows per page unless asked otherwise, and the most one page may hold
+#: rows per page unless asked otherwise
 DEFAULT_PAGE = 50
-MAX_PAGE = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """One page of a list and the cursor of the next (None on the last page)."""
-
-    data: list[dict[str, Any]]
-    next_cursor: str | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"data": self.data, "next_cursor": self.next_cursor}
-
-
-def encode_cursor(*parts: Any) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(parts)).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, arity: int) -> list[Any]:
-    """The parts `encode_cursor` packed; ValueError for anything else (a cursor is opaque to callers)."""
-    try:
-        parts = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError):
-        raise ValueError("not a valid cursor") from None
-    if not isinstance(parts, list) or len(parts) != arity:
-        raise ValueError("not a valid cursor")
-    return parts
-
-
-def check_limit(limit: int) -> int:
-    if not 1 <= limit <= MAX_PAGE:
-        raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
-    return limit
 
 
 async def show_event(settings: Settings, log: EventLog, db: Database, event_id: str) -> dict[str, Any] | None:
@@ -130,11 +92,14 @@ async def list_processed(
     cursor: str | None = None,
 ) -> Page:
     """Processed events, newest first, filtered by sandbox, outcome and type (None matches anything)."""
-    check_limit(limit)
+    parse_limit(limit, DEFAULT_PAGE)
     before_at, before_id = None, None
     if cursor:
         at, before_id = decode_cursor(cursor, 2)
-        before_at = datetime.fromisoformat(str(at))
+        try:
+            before_at = datetime.fromisoformat(str(at))
+        except ValueError:
+            raise InvalidCursor() from None
     async with db.pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT event_id, event_type, sandbox_id, outcome, processed_at FROM processed_events"
@@ -146,20 +111,20 @@ async def list_processed(
             outcome,
             event_type,
             before_at,
-            before_id,
+            str(before_id) if before_id is not None else None,
             limit + 1,
         )
-    more = len(rows) > limit
-    rows = rows[:limit]
     # the cursor keeps the database's microseconds: an RFC 3339 rendering with milliseconds would skip rows
-    next_cursor = encode_cursor(rows[-1]["processed_at"].isoformat(), rows[-1]["event_id"]) if more else None
-    return Page([plain_row(r) for r in rows], next_cursor)
+    page, next_cursor = page_of(rows, limit, lambda r: (r["processed_at"].isoformat(), r["event_id"]))
+    return Page([plain_row(r) for r in page], next_cursor)
 
 
 async def unmatched_account_events(db: Database, *, limit: int = DEFAULT_PAGE, cursor: str | None = None) -> Page:
     """v1 account events whose account no sandbox has (yet), newest first: flags waiting for their sandbox."""
-    check_limit(limit)
+    parse_limit(limit, DEFAULT_PAGE)
     before_ms, before_id = decode_cursor(cursor, 2) if cursor else (None, None)
+    if before_ms is not None and not isinstance(before_ms, int):
+        raise InvalidCursor()
     async with db.pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT a.event_id, a.account, a.event_type, a.created_ms, p.processed_at FROM account_events a"
@@ -169,11 +134,10 @@ async def unmatched_account_events(db: Database, *, limit: int = DEFAULT_PAGE, c
             " AND ($1::bigint IS NULL OR (a.created_ms, a.event_id) < ($1, $2::text))"
             " ORDER BY a.created_ms DESC, a.event_id DESC LIMIT $3",
             before_ms,
-            before_id,
+            str(before_id) if before_id is not None else None,
             limit + 1,
         )
-    more = len(rows) > limit
-    rows = rows[:limit]
+    page, next_cursor = page_of(rows, limit, lambda r: (int(r["created_ms"]), r["event_id"]))
     data = [
         {
             "event_id": r["event_id"],
@@ -182,7 +146,6 @@ async def unmatched_account_events(db: Database, *, limit: int = DEFAULT_PAGE, c
             "created": rfc3339(datetime.fromtimestamp(int(r["created_ms"]) / 1000, UTC)),
             "processed_at": plain_row(r)["processed_at"],
         }
-        for r in rows
+        for r in page
     ]
-    next_cursor = encode_cursor(int(rows[-1]["created_ms"]), rows[-1]["event_id"]) if more else None
     return Page(data, next_cursor)

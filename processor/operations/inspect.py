@@ -9,10 +9,13 @@ import asyncpg
 import orjson
 
 from processor.db.pool import Database
+from processor.paging import InvalidCursor, Page, decode_cursor, page_of, parse_limit
 from processor.timestamps import rfc3339
 
 #: history rows and processed events `sandbox show` prints by default
 DEFAULT_LAST = 20
+#: sandboxes per page of `sandbox list` and GET /v1/ops/sandboxes unless asked otherwise
+DEFAULT_SANDBOX_PAGE = 100
 
 
 def _plain(value: Any) -> Any:
@@ -79,10 +82,14 @@ async def list_sandboxes(
     *,
     state: str | None = None,
     stuck_for: timedelta | None = None,
-    limit: int = 100,
-    after: str = "",
-) -> list[dict[str, Any]]:
-    """Sandboxes (in id order, after `after`) in `state` and/or not updated for `stuck_for`."""
+    limit: int = DEFAULT_SANDBOX_PAGE,
+    cursor: str | None = None,
+) -> Page:
+    """A page of sandboxes in id order in `state` and/or not updated for `stuck_for` (None matches any)."""
+    parse_limit(limit, DEFAULT_SANDBOX_PAGE)
+    after = decode_cursor(cursor, 1)[0] if cursor else ""
+    if not isinstance(after, str):
+        raise InvalidCursor()
     async with db.pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT id, state, sequence, flags, last_event_id, created_at, updated_at FROM sandboxes"
@@ -91,9 +98,10 @@ async def list_sandboxes(
             state,
             stuck_for,
             after,
-            limit,
+            limit + 1,
         )
-    return [plain_row(r) for r in rows]
+    page, next_cursor = page_of(rows, limit, lambda r: (r["id"],))
+    return Page([plain_row(r) for r in page], next_cursor)
 
 
 #: states a sandbox can be stuck in: every state but the final ones

@@ -13,19 +13,23 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from processor import constants as c
 from processor import localsecrets
 from processor.api.app import build_api_routes
+from processor.api.bodylimit import API_PREFIX, BodyLimit
 from processor.api.edge import EdgeGuard
 from processor.api.ops import ops_routes
+from processor.api.responses import problem
 from processor.console.app import build_console_app, console_routes
 from processor.db.embedded import stop_embedded_server
 from processor.db.pool import Database
@@ -176,10 +180,20 @@ def build_http_app(settings: Settings, event_log: EventLog, db: Database, stripe
     routes += ops_routes(settings, event_log, db, stripe_api)
     console = build_console_app(settings, event_log, db, stripe_api, ingress_metrics=ingress_app.state.ingress.metrics)
     routes += console_routes(console)
-    app = Starlette(routes=routes, middleware=[Middleware(EdgeGuard)])
+    middleware = [Middleware(EdgeGuard), Middleware(BodyLimit, max_bytes=settings.max_body_bytes)]
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: _http_error})
     app.state.metrics_route = metrics
     app.state.console_jobs = console.state.console.jobs
     return app
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405: a problem under /v1, as every API error is; plain text elsewhere."""
+    assert isinstance(exc, HTTPException)  # the only exception class this handler is registered for
+    if not request.url.path.startswith(API_PREFIX):
+        return PlainTextResponse(exc.detail, exc.status_code, exc.headers)
+    code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+    return problem(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}.", headers=exc.headers)
 
 
 def _metrics_route(ingress_metrics: IngressMetrics, worker_metrics: WorkerMetrics | None) -> Route:

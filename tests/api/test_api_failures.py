@@ -25,7 +25,7 @@ async def test_stripe_outage_answers_503_and_a_retry_succeeds(pg_settings: Setti
         async with httpx.AsyncClient() as browser:
             refresh = await browser.get(sandbox["refresh_url"])
         assert create.status_code == 503
-        assert create.json()["error"] == "stripe_unavailable"
+        assert create.json()["code"] == "stripe_unavailable"
         assert int(create.headers["retry-after"]) > 0
         assert refresh.status_code == 503 and int(refresh.headers["retry-after"]) > 0
         for response in (create, refresh):
@@ -38,13 +38,17 @@ async def test_stripe_outage_answers_503_and_a_retry_succeeds(pg_settings: Setti
 
 
 async def test_stripe_refusing_us_answers_502(pg_settings: Settings, database: Database) -> None:
-    """A Stripe error that retrying cannot fix (here: a revoked API key) is a 502 with a small JSON reason."""
+    """A Stripe error that retrying cannot fix (here: a revoked API key) is a 502 problem saying so."""
     async with api_stack(pg_settings, database, stripe_key="sk_test_revoked_000000000000") as stack:
         create = await stack.create("x-1")
         assert create.status_code == 502
+        assert create.headers["content-type"] == "application/problem+json"
         assert create.json() == {
-            "error": "stripe_error",
-            "message": "Stripe rejected the request; retrying the same request will not help.",
+            "type": "about:blank",
+            "title": "Bad Gateway",
+            "status": 502,
+            "detail": "Stripe rejected the request; retrying the same request will not help.",
+            "code": "stripe_error",
         }
         assert stack.emu.state.store.sandboxes == {}
 

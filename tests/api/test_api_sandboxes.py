@@ -26,7 +26,8 @@ async def test_requests_without_a_valid_token_are_refused(pg_settings: Settings,
             ]
         for response in attempts:
             assert response.status_code == 401
-            assert response.json()["error"] == "unauthorized"
+            assert response.json()["code"] == "unauthorized"
+            assert response.headers["content-type"] == "application/problem+json"
             assert response.headers["www-authenticate"].startswith("Bearer")
             assert TOKEN not in response.text
         assert stack.emu.state.store.sandboxes == {}
@@ -113,7 +114,7 @@ async def test_retried_create_returns_the_same_sandbox(pg_settings: Settings, da
 
         reused = await stack.create("order-7", country="FR")
         assert reused.status_code == 422
-        assert reused.json()["error"] == "idempotency_key_reused"
+        assert reused.json()["code"] == "idempotency_key_reused"
         transitions = await database.pool.fetchval("SELECT count(*) FROM sandbox_history WHERE kind = 'transition'")
         assert transitions == 4
 
@@ -122,9 +123,9 @@ async def test_bad_create_requests_get_400_or_422(pg_settings: Settings, databas
     """A missing key or non-JSON body is 400, invalid fields 422 naming the field; nothing reaches Stripe."""
     async with api_stack(pg_settings, database) as stack:
         no_key = await stack.client.post("/v1/sandboxes", json={"email": "a@b.test", "country": "US"})
-        assert (no_key.status_code, no_key.json()["error"]) == (400, "idempotency_key_required")
+        assert (no_key.status_code, no_key.json()["code"]) == (400, "idempotency_key_required")
         not_json = await stack.client.post("/v1/sandboxes", content=b"{nope", headers={"Idempotency-Key": "k1"})
-        assert (not_json.status_code, not_json.json()["error"]) == (400, "invalid_json")
+        assert (not_json.status_code, not_json.json()["code"]) == (400, "invalid_json")
         for body, param in [
             ({"email": "not-an-email"}, "email"),
             ({"country": "USA"}, "country"),
@@ -163,7 +164,7 @@ async def test_retrieve_shows_state_stripe_fields_and_history(pg_settings: Setti
         assert body["refresh_url"].startswith(f"{stack.url}/sandboxes/{sandbox_id}/onboarding?sig=")
 
         missing = await stack.client.get("/v1/sandboxes/csb_doesnotexist")
-        assert (missing.status_code, missing.json()["error"]) == (404, "sandbox_not_found")
+        assert (missing.status_code, missing.json()["code"]) == (404, "sandbox_not_found")
 
 
 async def test_list_pages_through_every_sandbox_and_filters_by_state(pg_settings: Settings, database: Database) -> None:
@@ -204,8 +205,8 @@ async def test_list_pages_through_every_sandbox_and_filters_by_state(pg_settings
         for params, code in [
             ({"state": "floating"}, "invalid_state"),
             ({"limit": "0"}, "invalid_limit"),
-            ({"limit": "101"}, "invalid_limit"),
+            ({"limit": "1001"}, "invalid_limit"),
             ({"cursor": "not-a-cursor"}, "invalid_cursor"),
         ]:
             response = await stack.client.get("/v1/sandboxes", params=params)
-            assert (response.status_code, response.json()["error"]) == (400, code)
+            assert (response.status_code, response.json()["code"]) == (400, code)

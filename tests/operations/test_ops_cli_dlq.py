@@ -55,11 +55,23 @@ async def check_dlq_cli(settings: Settings, log: EventLog, dsn: str, *, deletes:
     assert coordinates(listed.stdout) == sorted(name.values())
     assert "lifecycle_anomaly: expired after claimed" in listed.stdout
     only = await cli(settings, "dlq", "list", "--error-class", "lifecycle_anomaly", "--json")
-    rows = [orjson.loads(line) for line in only.stdout.splitlines()]
+    page = orjson.loads(only.stdout)  # one JSON document, the page GET /v1/ops/dlq answers
+    rows = page["data"]
+    assert page["next_cursor"] is None
     assert [(r["event_id"], r["sandbox_id"], r["attempts"]) for r in rows] == [
         (anomaly.header(c.H_EVENT_ID), "clmsbx_test_dlq_c", 3)
     ]
     assert rows[0]["original"]["topic"] == settings.topic(c.TOPIC_EVENTS)
+
+    paged: list[str] = []
+    cursor: list[str] = []
+    while True:  # a page of one at a time: every record once, in log order
+        one = orjson.loads((await cli(settings, "dlq", "list", "--limit", "1", *cursor, "--json")).stdout)
+        paged += [r["coordinate"] for r in one["data"]]
+        if one["next_cursor"] is None:
+            break
+        cursor = ["--cursor", one["next_cursor"]]
+    assert paged == sorted(name.values(), key=lambda x: tuple(map(int, x.split(":"))))
 
     shown = await cli(settings, "dlq", "show", f"{anomaly.partition}:{anomaly.offset}")
     assert shown.code == 0, shown.stderr

@@ -83,10 +83,15 @@ async def test_sandbox_show_and_list_after_reconcile_finds_an_anomaly(
         assert await listed("--state", "pending_install", "--stuck-for", "2d") == [ids[1]]
         assert await listed("--stuck-for", "2d") == [ids[1], ids[4]]
         assert await listed("--state", "unclaimed", "--stuck-for", "4d") == []
-        rows = (await cli(settings, "sandbox", "list", "--stuck-for", "2d", "--json")).stdout.splitlines()
-        assert [(r["id"], r["state"]) for r in map(orjson.loads, rows)] == [
+        page = orjson.loads((await cli(settings, "sandbox", "list", "--stuck-for", "2d", "--json")).stdout)
+        assert [(r["id"], r["state"]) for r in page["data"]] == [
             (ids[1], "pending_install"),
             (ids[4], "unclaimed"),
         ]
+        assert page["next_cursor"] is None
+        # one JSON document per page, the next one through --cursor, as GET /v1/ops/sandboxes answers
+        first = orjson.loads((await cli(settings, "sandbox", "list", "--limit", "2", "--json")).stdout)
+        rest = orjson.loads((await cli(settings, "sandbox", "list", "--cursor", first["next_cursor"], "--json")).stdout)
+        assert [r["id"] for r in first["data"] + rest["data"]] == sorted(ids) and rest["next_cursor"] is None
         bad = await cli(settings, "sandbox", "list", "--stuck-for", "2 days")
         assert bad.code == 2 and "not a duration" in bad.stderr

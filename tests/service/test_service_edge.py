@@ -23,7 +23,7 @@ HOSTILE_GETS = [
     "/v1/sandboxes?limit=" + "9" * 5000,  # beyond int()'s 4,300 digits
     "/v1/sandboxes?limit=%C2%B2",  # a digit to str.isdigit(), not to int()
     "/v1/ops/sandboxes/%00",
-    "/v1/ops/sandboxes?after=%00",
+    "/v1/ops/sandboxes?cursor=%00",
     "/v1/ops/sandboxes?limit=" + "9" * 5000,
     "/v1/ops/dlq/99999999999999999999:1",  # a 20-digit partition
     "/v1/ops/dlq?sandbox_id=%00",
@@ -39,7 +39,7 @@ HOSTILE_POSTS = [
 async def test_hostile_input_is_answered_400(
     pg_settings: Settings, database: Database, pg_log: PostgresEventLog
 ) -> None:
-    """NUL in ids and cursors, `after=%00`, a 20-digit partition, a 5,000-digit limit: each a 400."""
+    """NUL in ids and cursors, a 20-digit partition, a 5,000-digit limit: each a 400."""
     async with running_emulator(EmulatorConfig()) as emu:
         settings = dataclasses.replace(
             pg_settings, stripe_api_key=Secret(emu.api_key), stripe_api_base=emu.base_url,
