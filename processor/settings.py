@@ -112,7 +112,6 @@ class Settings:
     metrics_port: int | None = None
     signature_tolerance_s: int = c.DEFAULT_SIGNATURE_TOLERANCE_S
     publish_timeout_s: float = c.DEFAULT_PUBLISH_TIMEOUT_S
-    log_level: str = "INFO"
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -176,10 +175,6 @@ class Settings:
             kwargs["signature_tolerance_s"] = int(_parse_number("STRIPE_WEBHOOK_TOLERANCE", raw, int, 1))
         if raw := get("PROCESSOR_PUBLISH_TIMEOUT"):
             kwargs["publish_timeout_s"] = _parse_number("PROCESSOR_PUBLISH_TIMEOUT", raw, float, 0.01)
-        if raw := get("PROCESSOR_LOG_LEVEL"):
-            if raw.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-                raise ConfigError("PROCESSOR_LOG_LEVEL", "expected DEBUG, INFO, WARNING or ERROR")
-            kwargs["log_level"] = raw.upper()
         kwargs["extra"] = {k: v for k, v in env.items() if k.startswith(("PROCESSOR_", "STRIPE_"))}
         return cls(**kwargs)  # type: ignore[arg-type]
 

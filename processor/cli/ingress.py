@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 from starlette.applications import Starlette
 
 from processor.errors import ConfigError
-from processor.ingress import build_app, jsonlog
+from processor.ingress.app import build_app
+from processor.runtime import logs
 from processor.runtime.httplimits import LimitedHttpProtocol
 from processor.runtime.serving import freeze_startup_heap, http_limits
 from processor.settings import Settings
@@ -49,7 +50,8 @@ class WorkerHttpProtocol(LimitedHttpProtocol):
 def create_app() -> Starlette:
     """The app of one worker process (uvicorn factory): settings from the environment, log opened at start."""
     settings = Settings.from_env()
-    jsonlog.configure(settings.log_level)
+    # a worker process does not run `cli.main`: the same set-up, from the variables `run` passed down
+    logs.configure(logs.LogOptions.from_env(os.environ))
     WorkerHttpProtocol.limits = http_limits(settings)
     app = build_app(settings)
     freeze_startup_heap()
@@ -75,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("STRIPE_WEBHOOK_SECRETS", "the ingress needs at least one webhook signing secret")
     if args.workers < 1:
         raise ConfigError("--workers", "must be at least 1")
-    jsonlog.configure(settings.log_level)
+    # worker processes log as this one does (they read the same variables)
+    os.environ[logs.FORMAT_VARIABLE] = args.log_options.format
+    os.environ[logs.LEVEL_VARIABLE] = args.log_options.level
     metrics_dir = None
     separate_metrics = settings.metrics_port is not None
     if (args.workers > 1 or separate_metrics) and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -94,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             port=settings.port if args.port is None else args.port,
             workers=args.workers,
             lifespan="on",
-            log_config=None,  # our JSON lines, configured above and in each worker
+            log_config=None,  # our log lines, set up by `cli.main` and in each worker
             access_log=False,  # the app logs every delivery with its event id and outcome
             timeout_graceful_shutdown=args.graceful_timeout,
         )

@@ -3,16 +3,23 @@
 Each subcommand lives in the module that owns its feature and exposes `register(subparsers)`; the modules are
 listed in COMMAND_MODULES so adding a command is one line here. A module is named after its command, so a run
 of one command imports only that command's module (scripts call `processor sandbox show` thousands of times).
+
+Conventions every command follows: logging is set up here, once (`processor.runtime.logs`: JSON lines on
+stderr, or `--log-format text`); `--json` prints one JSON document (`cli.options.JSON_HELP`); every option has
+a help text (tests/foundation/test_cli_conventions.py walks the parser).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
+from processor import __version__
 from processor.errors import ConfigError
+from processor.runtime import logs
 from processor.runtime.logflush import flush_logs_on_sigterm
 
 #: modules that define subcommands through `register(subparsers) -> None`
@@ -40,6 +47,11 @@ COMMAND_MODULES = (
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of every command, or of `command` alone when a module is named after it."""
     parser = argparse.ArgumentParser(prog="processor", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"processor {__version__}",
+                        help="print the version and exit")
+    parser.add_argument("--log-format", choices=logs.FORMATS, default=None,
+                        help="log lines on stderr as JSON (default) or as text for a terminal; default"
+                        f" ${logs.FORMAT_VARIABLE} or json, level ${logs.LEVEL_VARIABLE} or INFO")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = [m for m in COMMAND_MODULES if m.rpartition(".")[2] == command]
     for module_name in chosen or COMMAND_MODULES:
@@ -47,13 +59,28 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The command word of `argv`: its first argument that is neither an option nor an option's value."""
+    takes_value = False
+    for arg in argv:
+        if takes_value:
+            takes_value = False
+        elif arg == "--log-format":
+            takes_value = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `processor` script; returns the exit code."""
     flush_logs_on_sigterm()
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(argv[0] if argv else None)
+    parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     try:
+        args.log_options = logs.LogOptions.from_env(os.environ, args.log_format)
+        logs.configure(args.log_options)
         result = args.handler(args)
     except ConfigError as exc:
         # a configuration mistake is the operator's to fix: name the variable, no traceback

@@ -1,5 +1,5 @@
-"""The webhook ingress: verify Stripe deliveries and make them durable before answering (ARCHITECTURE §4)."""
+"""The webhook ingress: verify Stripe deliveries and make them durable before answering (ARCHITECTURE §4).
 
-from processor.ingress.app import build_app
-
-__all__ = ["build_app"]
+`processor.ingress.app.build_app` builds it. Nothing is imported here, so that `jsonlog`, the JSON log lines
+every command writes (`processor.runtime.logs`), loads without the web stack.
+"""

@@ -28,7 +28,7 @@ from processor.dev.kafka_security import Acl, BrokerSecurity
 from processor.eventlog.base import TopicPartition
 from processor.eventlog.kafka.acls import Permission, merged
 from processor.eventlog.kafka.log import KafkaEventLog
-from processor.ingress import build_app
+from processor.ingress.app import build_app
 from processor.ingress.signature import sign
 from processor.runtime.serving import serving
 from processor.settings import Settings

@@ -19,7 +19,7 @@ from processor import constants as c
 from processor.dev.kafka import KafkaBroker
 from processor.eventlog.base import EventLog, Record
 from processor.eventlog.kafka.log import KafkaEventLog
-from processor.ingress import build_app
+from processor.ingress.app import build_app
 from processor.ingress.signature import sign
 from processor.runtime.serving import free_port, serving
 from processor.settings import Secret, Settings
@@ -238,7 +238,7 @@ async def test_health_readiness_and_metrics_endpoints(kafka_settings: Settings, 
         in text
     )
     assert f"processor_ingress_bytes_total {float(len(body))}" in text
-    assert "processor_ingress_latency_seconds_count 1.0" in text
+    assert "processor_ingress_request_duration_seconds_count 1.0" in text
 
 
 async def test_broker_outage_answers_503_then_recovers_and_loses_no_acknowledged_delivery(

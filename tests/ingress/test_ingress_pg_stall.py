@@ -16,7 +16,7 @@ from processor import constants as c
 from processor.db.pool import Database
 from processor.eventlog.postgres.log import PostgresEventLog
 from processor.eventlog.postgres.writer import WriterLimits
-from processor.ingress import build_app
+from processor.ingress.app import build_app
 from processor.ingress.signature import sign
 from processor.runtime.serving import serving
 from processor.settings import Secret, Settings

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 from starlette.applications import Starlette
 
-from processor.ingress import build_app
+from processor.ingress.app import build_app
 from processor.ingress.signature import sign
 from processor.runtime.serving import serving
 from processor.settings import Secret, Settings

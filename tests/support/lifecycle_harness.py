@@ -20,7 +20,7 @@ from processor import constants as c
 from processor.dev.emulator.config import EmulatorConfig, Knobs
 from processor.dev.emulator.runner import RunningEmulator, running_emulator
 from processor.eventlog.base import EventLog, Record
-from processor.ingress import build_app
+from processor.ingress.app import build_app
 from processor.lifecycle import State, observed_state
 from processor.lifecycle.machine import transitions
 from processor.runtime.serving import serving
