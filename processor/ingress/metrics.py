@@ -54,7 +54,7 @@ class IngressMetrics:
             registry=self.registry,
         )
         self.latency = Histogram(
-            "processor_ingress_latency_seconds",
+            "processor_ingress_request_duration_seconds",
             "Time from request start to the answer of POST /webhooks/stripe",
             buckets=LATENCY_BUCKETS,
             registry=self.registry,

@@ -1,8 +1,21 @@
-"""Prometheus metrics of the lifecycle worker (consumer + relay), in a registry of its own per worker."""
+"""Prometheus metrics of the lifecycle worker (consumer + relay), in a registry of its own per worker.
+
+The registry also holds the standard `process_*` (CPU, memory, descriptors) and `python_*` (GC, version)
+metrics, so every process that runs a worker (`processor run`, `consume`, `relay`) exports them once, next to
+its own; `processor run` serves them with the ingress's on one `/metrics`.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 from processor.eventlog.kafka.outage import OutageCollector
 
@@ -83,6 +96,9 @@ class WorkerMetrics:
 
         # the process's Kafka outage counts (processor.eventlog.kafka.outage), shown with the worker's metrics
         self.registry.register(OutageCollector())
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
 
     def observe_stripe(self, status: str) -> None:
         self.stripe_requests.labels(status=status).inc()

@@ -43,7 +43,7 @@ async def test_contract_lists_the_metrics_the_issue_names() -> None:
     """The names downstream dashboards were promised are all in the contract with their types."""
     contract = _contract()
     assert contract["processor_ingress_deliveries_total"] == "counter"
-    assert contract["processor_ingress_latency_seconds"] == "histogram"
+    assert contract["processor_ingress_request_duration_seconds"] == "histogram"
     assert contract["processor_consumer_lag"] == "gauge"
     assert contract["processor_sandboxes_stuck"] == "gauge"
     for name in (
@@ -54,3 +54,12 @@ async def test_contract_lists_the_metrics_the_issue_names() -> None:
         "processor_stripe_requests_total",
     ):
         assert contract[name] == "counter"
+
+
+async def test_contract_names_follow_prometheus_conventions() -> None:
+    """Counters end in `_total` and nothing else does; histograms name their unit (`_seconds`, `_bytes`)."""
+    contract = _contract()
+    wrong = {name for name, kind in contract.items() if name.endswith("_total") != (kind == "counter")}
+    units = ("_seconds", "_bytes")
+    wrong |= {name for name, kind in contract.items() if kind == "histogram" and not name.endswith(units)}
+    assert wrong == set()

@@ -14,8 +14,8 @@ async def test_a_scrape_shows_every_answered_delivery_at_once() -> None:
     metrics.observe("signature_mismatch", None, 0.0005, 20)
     text = generate_latest(metrics.registry).decode()
     assert "processor_ingress_bytes_total 120.0" in text
-    assert 'processor_ingress_latency_seconds_bucket{le="0.001"} 1.0' in text
-    assert 'processor_ingress_latency_seconds_bucket{le="0.005"} 2.0' in text
+    assert 'processor_ingress_request_duration_seconds_bucket{le="0.001"} 1.0' in text
+    assert 'processor_ingress_request_duration_seconds_bucket{le="0.005"} 2.0' in text
     assert 'event_type="account.application.authorized",outcome="accepted"} 1.0' in text
     assert f'event_type="{UNKNOWN_TYPE}",outcome="signature_mismatch"}} 1.0' in text
     assert metrics.exposition() == generate_latest(metrics.registry)

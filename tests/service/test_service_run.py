@@ -157,7 +157,7 @@ async def test_run_on_kafka_creates_topics_from_the_spec_and_publishes(
 async def test_run_reports_caught_up_through_status_cli_http_and_metrics(tmp_path: Path) -> None:
     """After a sandbox is created on `processor run`, `processor status --data-dir` waits until it is applied and
     published (exit 0) without disturbing the running server; GET /v1/ops/status (bearer only) and /metrics
-    say the same."""
+    say the same; /metrics has the worker's and the process's metrics too, and the log has INFO lines."""
     data_dir = tmp_path / "var"
     port = free_port()
     proc = await start_run(data_dir, port)
@@ -190,6 +190,17 @@ async def test_run_reports_caught_up_through_status_cli_http_and_metrics(tmp_pat
                     break
                 await asyncio.sleep(0.2)
             assert 'processor_consumer_group_lag{partition="0"} 0.0' in metrics
-            assert "processor_outbox_pending 0.0" in metrics and "processor_ingress_" in metrics
+            assert "processor_outbox_pending 0.0" in metrics
+            # the ingress's and the worker's metrics on one page, with the process's own
+            assert "processor_ingress_request_duration_seconds_count" in metrics
+            for worker_metric in ("processor_consumer_lag", "processor_sandboxes_stuck",
+                                  "processor_dlq_records_total", "processor_transitions_total"):
+                assert f"# TYPE {worker_metric}" in metrics
+            assert "process_cpu_seconds_total" in metrics and "process_resident_memory_bytes" in metrics
+            assert metrics.count("# TYPE process_cpu_seconds_total") == 1
     finally:
-        await stop_run(proc)
+        output = await stop_run(proc)
+    # `processor run` logs INFO like every command: a JSON line per webhook delivery, among others
+    records = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    deliveries = [r for r in records if r["logger"] == "processor.ingress" and r["msg"] == "webhook delivery"]
+    assert deliveries and all(r["level"] == "INFO" and r["status"] == 200 for r in deliveries)
