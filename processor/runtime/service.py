@@ -189,8 +189,11 @@ def build_http_app(settings: Settings, event_log: EventLog, db: Database, stripe
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own 404/405: a problem under /v1, as every API error is; plain text elsewhere."""
-    assert isinstance(exc, HTTPException)  # the only exception class this handler is registered for
-    if not request.url.path.startswith(API_PREFIX):
+    if not isinstance(exc, HTTPException):  # the only class it is registered for
+        raise exc
+    if not request.url.path.startswith(API_PREFIX):  # what Starlette answers without this handler
+        if exc.status_code in (204, 304):
+            return Response(status_code=exc.status_code, headers=exc.headers)
         return PlainTextResponse(exc.detail, exc.status_code, exc.headers)
     code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
     return problem(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}.", headers=exc.headers)

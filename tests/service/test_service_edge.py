@@ -1,8 +1,10 @@
-"""`processor run`'s HTTP app refuses hostile ids, cursors and numbers with 400, never a 500 or a 503."""
+"""`processor run`'s HTTP app refuses hostile ids, cursors and numbers with 400, never a 500 or a 503; under /v1
+every refusal (unknown path, wrong method, a body over the limit) is a problem."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator
 
 import httpx
 
@@ -39,7 +41,7 @@ HOSTILE_POSTS = [
 async def test_hostile_input_is_answered_400(
     pg_settings: Settings, database: Database, pg_log: PostgresEventLog
 ) -> None:
-    """NUL in ids and cursors, a 20-digit partition, a 5,000-digit limit: each a 400."""
+    """NUL in ids and cursors, a 20-digit partition, a 5,000-digit limit: each a 400 (a problem under /v1)."""
     async with running_emulator(EmulatorConfig()) as emu:
         settings = dataclasses.replace(
             pg_settings, stripe_api_key=Secret(emu.api_key), stripe_api_base=emu.base_url,
@@ -52,7 +54,25 @@ async def test_hostile_input_is_answered_400(
             async with serving(app, lifespan="off") as url, httpx.AsyncClient(
                 base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60
             ) as client:
-                answers = {path: (await client.get(path)).status_code for path in HOSTILE_GETS}
+                replies = {path: await client.get(path) for path in HOSTILE_GETS}
                 for path, body in HOSTILE_POSTS:
-                    answers[f"POST {path} {body}"] = (await client.post(path, json=body)).status_code
-    assert {k: v for k, v in answers.items() if v != 400} == {}
+                    replies[f"POST {path} {body}"] = await client.post(path, json=body)
+                unknown = await client.get("/v1/nowhere")
+                wrong_method = await client.delete("/v1/ops/status")
+                chunked = await client.post("/v1/ops/replay", content=_chunks(settings.max_body_bytes + 1))
+    assert {k: r.status_code for k, r in replies.items() if r.status_code != 400} == {}
+    # the /v1 ones are problems, whoever answers: a handler, EdgeGuard or the router
+    assert {k for k, r in replies.items() if k.startswith(("/v1/", "POST /v1/"))
+            and r.headers["content-type"] != "application/problem+json"} == set()
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "not_found")
+    assert (wrong_method.status_code, wrong_method.json()["code"]) == (405, "method_not_allowed")
+    # a chunked body (no Content-Length) is counted as it arrives and refused past the limit
+    assert (chunked.status_code, chunked.json()["code"]) == (413, "body_too_large")
+
+
+async def _chunks(total: int) -> AsyncIterator[bytes]:
+    sent = 0
+    while sent < total:
+        piece = b" " * min(64 * 1024, total - sent)
+        sent += len(piece)
+        yield piece
