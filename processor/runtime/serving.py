@@ -49,6 +49,9 @@ def server_config(
 ) -> uvicorn.Config:
     """A uvicorn configuration with our HTTP limits; `options` are passed on (log level, lifespan, ...)."""
     limits = limits or HttpLimits(max_connections=connection_cap(HttpLimits().max_connections))
+    # uvicorn's default log config is a dictConfig, which closes every handler the process has: the one set-up
+    # of `runtime.logs` stopped writing as soon as a server started. Without it uvicorn's loggers propagate there.
+    options.setdefault("log_config", None)
     return uvicorn.Config(
         app, host=host, port=port, http=LimitedHttpProtocol.with_limits(limits), ws="none",
         timeout_keep_alive=int(limits.keepalive_timeout_s), **options,

@@ -69,7 +69,7 @@ async def test_replay_sandbox_and_offsets_from_the_command_line(
         lines = dry.stdout.splitlines()
         assert lines[:-1] == [f"would replay {coordinate(fresh[0])} {fresh[0].header(c.H_EVENT_ID)} {UPDATED}"]
         assert "read 3, would replay 1, skipped 2 already processed, 0 already replayed" in lines[-1]
-        assert dry.stderr == ""  # not a terminal, no --progress: no bar
+        assert dry.said == ""  # not a terminal, no --progress: no bar (log lines only)
         assert await pg_log.end_offsets(topic) == ends
         assert await snapshot(pg_dsn) == before
 
@@ -117,5 +117,5 @@ async def test_replay_sandbox_and_offsets_from_the_command_line(
             busy = await cli(settings, "replay", "--offsets", spec, "--run-id", "held-run")
         finally:
             await conn.close()
-        assert busy.code == 1 and busy.stderr.strip() == "processor replay: replay run held-run is already running"
+        assert busy.code == 1 and busy.said.strip() == "processor replay: replay run held-run is already running"
         assert await pg_log.end_offsets(topic) == ends

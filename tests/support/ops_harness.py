@@ -147,6 +147,11 @@ class Cli:
     stdout: str
     stderr: str
 
+    @property
+    def said(self) -> str:
+        """stderr without the log's JSON lines: what the command itself told the operator (messages, a bar)."""
+        return "\n".join(line for line in self.stderr.splitlines() if not line.startswith('{"ts":'))
+
 
 def cli_env(settings: Settings) -> dict[str, str]:
     """The environment an operator would export to point the CLI at what `settings` point at."""
