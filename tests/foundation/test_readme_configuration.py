@@ -16,9 +16,18 @@ def _read_by_the_code() -> set[str]:
     `get("NAME")`, `environ.get("NAME")` or a constant holding the name, and names them in ConfigErrors."""
     names: set[str] = set()
     for path in (ROOT / "processor").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        # `__all__` lists Python names (STRIPE_RETENTION is a constant), not environment variables
+        exported = {
+            id(item)
+            for assign in ast.walk(tree)
+            if isinstance(assign, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in assign.targets)
+            for item in ast.walk(assign.value)
+        }
+        for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and VARIABLE.fullmatch(node.value):
-                names.add(node.value)
+                if id(node) not in exported:
+                    names.add(node.value)
     return names
 
 
