@@ -53,7 +53,8 @@ def deliveries(sign: object) -> list[tuple[bytes, list[tuple[bytes, bytes]]]]:
 
 async def drive(bootstrap: str, tasks: int, per_round: int, rounds: int) -> list[float]:
     """CPU microseconds per delivery in each round (this process, every thread)."""
-    from processor.ingress import build_app, jsonlog
+    from processor.ingress import jsonlog
+    from processor.ingress.app import build_app
     from processor.ingress.signature import sign
     from processor.settings import Settings
 
