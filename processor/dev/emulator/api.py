@@ -99,6 +99,31 @@ def _fingerprint(request: Request, body: dict[str, Any]) -> str:
     return hashlib.sha256(f"{request.method} {request.url.path}\n{canonical}".encode()).hexdigest()
 
 
+def _replayed(
+    state: EmulatorState, api_key: str, key: str, fingerprint: str, headers: dict[str, str]
+) -> Response | None:
+    """The saved answer to an earlier request with this idempotency key, as Stripe replays it; None if there
+    is none. The same key with other parameters is an error."""
+    previous = state.store.idempotent(api_key, key)
+    if previous is None:
+        return None
+    if not hmac.compare_digest(previous.fingerprint, fingerprint):
+        raise errors.ApiError(
+            400,
+            "idempotency_error",
+            "idempotency_key_in_use",
+            "Keys for idempotent requests can only be used with the same parameters they "
+            "were first used with. Try using a key other than "
+            f"'{key}' if you meant to execute a different request.",
+        )
+    return Response(
+        previous.body,
+        previous.status,
+        headers={**headers, "Idempotent-Replayed": "true", "Idempotency-Key": key},
+        media_type="application/json",
+    )
+
+
 def endpoint(handler: Handler, *, v2: bool = True) -> Callable[[Request], Awaitable[Response]]:
     """Wrap a handler with what every Stripe API call goes through: auth, version, faults, idempotency."""
 
@@ -117,23 +142,9 @@ def endpoint(handler: Handler, *, v2: bool = True) -> Callable[[Request], Awaita
             key = request.headers.get("idempotency-key") if request.method == "POST" else None
             if key:
                 fingerprint = _fingerprint(request, body)
-                previous = state.store.idempotent(api_key, key)
-                if previous is not None:
-                    if not hmac.compare_digest(previous.fingerprint, fingerprint):
-                        raise errors.ApiError(
-                            400,
-                            "idempotency_error",
-                            "idempotency_key_in_use",
-                            "Keys for idempotent requests can only be used with the same parameters they "
-                            "were first used with. Try using a key other than "
-                            f"'{key}' if you meant to execute a different request.",
-                        )
-                    return Response(
-                        previous.body,
-                        previous.status,
-                        headers={**headers, "Idempotent-Replayed": "true", "Idempotency-Key": key},
-                        media_type="application/json",
-                    )
+                replayed = _replayed(state, api_key, key, fingerprint, headers)
+                if replayed is not None:
+                    return replayed
                 call.idempotency_key = key
             status, payload = await handler(request, state, call)
             response_body = json.dumps(payload).encode()
