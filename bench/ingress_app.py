@@ -2,12 +2,14 @@
 
 bench/ingress.py measures what a client sees, where the HTTP server's work (the same for every target) and the
 machine's load blur a change of the app itself. Here `--tasks` tasks call the app directly with pre-signed
-deliveries, it publishes to a real Kafka broker, and the process's CPU time per delivery is printed per round.
-Each checkout given runs in a process of its own, in turns, so that versions are compared in one run window:
+deliveries, it publishes to a real event log (a Kafka broker, or the PostgreSQL-table log), and the process's
+CPU time per delivery is printed per round. Each checkout given runs in a process of its own, in turns, so
+that versions are compared in one run window:
 
-    .venv/bin/python bench/ingress_app.py --bootstrap 127.0.0.1:9092 --trees . /work/wt/main-copy --rounds 3
+    .venv/bin/python bench/ingress_app.py --bootstrap 127.0.0.1:9092 --trees . /work/wt/main-copy
+    .venv/bin/python bench/ingress_app.py --database-url postgresql://... --trees . /work/wt/main-copy
 
-(start a broker with `processor dev-kafka` or reuse a test broker; --bootstrap is required).
+(one of --bootstrap, a running broker, or --database-url, a PostgreSQL server, is required).
 """
 
 from __future__ import annotations
@@ -51,24 +53,20 @@ def deliveries(sign: object) -> list[tuple[bytes, list[tuple[bytes, bytes]]]]:
     return out
 
 
-async def drive(bootstrap: str, tasks: int, per_round: int, rounds: int) -> list[float]:
+async def drive(tasks: int, per_round: int, rounds: int) -> list[float]:
     """CPU microseconds per delivery in each round (this process, every thread)."""
+    from processor.eventlog.factory import open_event_log
     from processor.ingress import jsonlog
     from processor.ingress.app import build_app
     from processor.ingress.signature import sign
     from processor.settings import Settings
-
-    try:
-        from processor.eventlog.kafka.log import KafkaEventLog
-    except ImportError:  # a checkout from before the layout change
-        from processor.eventlog.kafka import KafkaEventLog  # type: ignore[no-redef]
 
     jsonlog.configure("INFO")  # the ingress command's logging, to stderr (this script sends it to a file)
     settings = Settings.from_env()
     requests = deliveries(sign)
     answers: dict[int, int] = {}
 
-    async with KafkaEventLog([bootstrap]) as log:
+    async with open_event_log(settings) as log:  # the ingress's own choice: Kafka if configured, else PostgreSQL
         await log.ensure_topics([settings.topic("stripe.events")])
         app = build_app(settings, log)
 
@@ -104,13 +102,34 @@ async def drive(bootstrap: str, tasks: int, per_round: int, rounds: int) -> list
 def child(args: argparse.Namespace) -> None:
     import uvloop  # as uvicorn runs the ingress
 
-    figures = uvloop.run(drive(args.bootstrap, args.tasks, args.deliveries, args.rounds))
+    figures = uvloop.run(drive(args.tasks, args.deliveries, args.rounds))
     print(" ".join(f"{f:.1f}" for f in figures))
+
+
+def database(server_url: str) -> str:
+    """A fresh database on the server at `server_url` (the table log migrates it when it opens)."""
+    import asyncpg
+
+    name = f"benchapp_{uuid.uuid4().hex[:8]}"
+
+    async def create() -> None:
+        admin = await asyncpg.connect(server_url)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    base, _, query = server_url.partition("?")
+    root = base.rsplit("/", 1)[0] if base.count("/") > 2 else base
+    return f"{root}/{name}" + (f"?{query}" if query else "")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bootstrap", required=True, help="a running Kafka broker")
+    logs = parser.add_mutually_exclusive_group(required=True)
+    logs.add_argument("--bootstrap", help="a running Kafka broker")
+    logs.add_argument("--database-url", help="a PostgreSQL server for the table log (a database is made per run)")
     parser.add_argument("--trees", nargs="+", type=Path, default=[Path(__file__).resolve().parent.parent])
     parser.add_argument("--tasks", type=int, default=64, help="concurrent deliveries")
     parser.add_argument("--deliveries", type=int, default=6400, help="deliveries per round")
@@ -129,11 +148,18 @@ def main() -> None:
                     **os.environ,
                     "PYTHONPATH": str(tree.resolve()),  # wins over this venv's editable install
                     "STRIPE_WEBHOOK_SECRETS": SECRET,
-                    "PROCESSOR_KAFKA_BOOTSTRAP_SERVERS": args.bootstrap,
                     "PROCESSOR_TOPIC_PREFIX": f"benchapp{uuid.uuid4().hex[:6]}.",
                 }
+                if args.bootstrap:
+                    env["PROCESSOR_KAFKA_BOOTSTRAP_SERVERS"] = args.bootstrap
+                else:
+                    env.pop("PROCESSOR_KAFKA_BOOTSTRAP_SERVERS", None)
+                    env["PROCESSOR_DATABASE_URL"] = database(args.database_url)
                 command = [sys.executable, __file__, "--child", *sys.argv[1:]]
-                done = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=logs, text=True, check=True)
+                done = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=logs, text=True, check=False)
+                if done.returncode != 0:
+                    logs.seek(0)
+                    raise SystemExit(f"{tree} failed:\n{logs.read()[-4000:]}")
                 figures = [float(f) for f in done.stdout.split()]
                 results[tree].extend(figures)
                 print(f"{tree}: {' '.join(f'{f:6.1f}' for f in figures)} us CPU per delivery", flush=True)
