@@ -197,12 +197,22 @@ class ProcessorView:
     #: the operator API of `processor run`, when there is one: a faster way to each sandbox's events
     ops: httpx.Client | None = None
 
+    def _every_row(self, *command: str) -> list[dict[str, Any]]:
+        """Every row of a listing command, page by page (`--json` prints one page, `next_cursor` the next)."""
+        rows: list[dict[str, Any]] = []
+        cursor: list[str] = []
+        while True:
+            done = run_cli(self.env, *command, "--json", "--limit", "1000", *cursor)
+            if done.returncode != 0:
+                raise RuntimeError(f"processor {' '.join(command)} failed: {done.stderr}")
+            page = json.loads(done.stdout)
+            rows += page["data"]
+            if page["next_cursor"] is None:
+                return rows
+            cursor = ["--cursor", page["next_cursor"]]
+
     def states(self) -> dict[str, str]:
-        done = run_cli(self.env, "sandbox", "list", "--json", "--limit", "1000000")
-        if done.returncode != 0:
-            raise RuntimeError(f"processor sandbox list failed: {done.stderr}")
-        rows = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
-        return {row["id"]: row["state"] for row in rows}
+        return {row["id"]: row["state"] for row in self._every_row("sandbox", "list")}
 
     def processed(self, sandbox_ids: list[str]) -> set[str]:
         """Ids of processed events: `processor events list` pages, or each sandbox's `sandbox show` rows."""
@@ -236,10 +246,7 @@ class ProcessorView:
 
     def dead_letters(self) -> dict[str, str]:
         """Dead-lettered event id -> its error class (the reason)."""
-        done = run_cli(self.env, "dlq", "list", "--all", "--json", "--limit", "100000")
-        if done.returncode != 0:
-            raise RuntimeError(f"processor dlq list failed: {done.stderr}")
-        rows = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+        rows = self._every_row("dlq", "list", "--all")
         return {row["event_id"]: row.get("error_class") or "" for row in rows}
 
     def wait_caught_up(self, timeout_s: float) -> dict[str, Any]:
