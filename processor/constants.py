@@ -60,6 +60,8 @@ DEFAULT_SIGNATURE_TOLERANCE_S = 300
 DEFAULT_PUBLISH_TIMEOUT_S = 5.0
 #: Stripe allows 25 req/s in sandbox mode (100 in live mode)
 DEFAULT_STRIPE_MAX_RPS = 25.0
+#: the share of the key's limit this service leaves to the platform's other calls with the same key
+DEFAULT_STRIPE_HEADROOM = 0.1
 #: partitions of each topic in the embedded PostgreSQL log; consumers in a group split these
 DEFAULT_EMBEDDED_PARTITIONS = 4
 #: most records the PostgreSQL log's writer holds before a publish fails at once (the ingress answers 503): a few

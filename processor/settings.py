@@ -96,7 +96,10 @@ class Settings:
     stripe_api_key: Secret | None = None
     stripe_webhook_secrets: tuple[Secret, ...] = ()
     stripe_api_base: str = "https://api.stripe.com"
+    #: the Stripe key's rate limit, shared by every process using the key (not a per-process limit)
     stripe_max_rps: float = c.DEFAULT_STRIPE_MAX_RPS
+    #: the share of that limit left to calls the platform makes with the key outside this service
+    stripe_headroom: float = c.DEFAULT_STRIPE_HEADROOM
     public_url: str = "http://127.0.0.1:8000"
     api_tokens: tuple[Secret, ...] = ()
     #: tokens that sign in to the operator console to look only (no replay, purge or reconcile)
@@ -146,6 +149,11 @@ class Settings:
             kwargs["stripe_api_base"] = _parse_url("STRIPE_API_BASE", raw, ("http", "https"))
         if raw := get("PROCESSOR_STRIPE_MAX_RPS"):
             kwargs["stripe_max_rps"] = _parse_number("PROCESSOR_STRIPE_MAX_RPS", raw, float, 0.1)
+        if raw := get("PROCESSOR_STRIPE_HEADROOM"):
+            headroom = _parse_number("PROCESSOR_STRIPE_HEADROOM", raw, float, 0.0)
+            if headroom >= 0.9:
+                raise ConfigError("PROCESSOR_STRIPE_HEADROOM", "must be below 0.9 (a share of the key's limit)")
+            kwargs["stripe_headroom"] = headroom
         if raw := get("PROCESSOR_PUBLIC_URL"):
             kwargs["public_url"] = _parse_url("PROCESSOR_PUBLIC_URL", raw, ("http", "https"))
         if raw := get("PROCESSOR_API_TOKENS"):

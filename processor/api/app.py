@@ -17,7 +17,6 @@ from starlette.routing import Route
 
 from processor import constants as c
 from processor.api.auth import BearerAuth, authenticated
-from processor.api.ratelimit import KeyedRateLimit
 from processor.api.refresh import RefreshEndpoint
 from processor.api.responses import guarded
 from processor.api.sandboxes import SandboxEndpoints
@@ -27,6 +26,7 @@ from processor.db.pool import Database
 from processor.errors import ConfigError
 from processor.settings import Secret, Settings
 from processor.stripe_api.client import StripeApi
+from processor.tokenbucket import TokenBuckets
 
 log = logging.getLogger("processor.api")
 
@@ -38,7 +38,7 @@ def build_api_routes(
     *,
     signing_key: Secret | None = None,
     outbox_signal: asyncio.Event | None = None,
-    refresh_limit: KeyedRateLimit | None = None,
+    refresh_limit: TokenBuckets | None = None,
 ) -> list[Route]:
     """The API's routes; `signing_key` overrides `settings.signing_key`, `outbox_signal` wakes the relay."""
     key = signing_key or settings.signing_key

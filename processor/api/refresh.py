@@ -5,8 +5,8 @@ public (the user's browser follows it), so it is protected by its signature inst
 `sig = base64url(HMAC-SHA256(signing_key, "refresh_url:" + id))` without padding (the prefix keeps these
 signatures apart from anything else signed with the same key), compared in constant time; nobody without the
 key can make a working URL for another id (403). Visits are rate-limited per sandbox (429 + Retry-After;
-the limit is kept in this process's memory, see `ratelimit`). A sandbox that is expired, claimed or live gets
-a short page saying so, never a Stripe error; the processor's own state is checked first, and Stripe's
+the limit is kept in this process's memory, see `processor.tokenbucket`). A sandbox that is expired, claimed or
+live gets a short page saying so, never a Stripe error; the processor's own state is checked first, and Stripe's
 answer decides when the two disagree (a webhook not applied yet).
 """
 
@@ -24,13 +24,14 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from processor.api import pages
-from processor.api.ratelimit import KeyedRateLimit
 from processor.api.store import ApiStore
 from processor.db.pool import DATABASE_ERRORS
 from processor.errors import StripeError
 from processor.lifecycle import State
 from processor.settings import Secret
+from processor.stripe_api.budget import Priority
 from processor.stripe_api.client import StripeApi
+from processor.tokenbucket import TokenBuckets
 
 log = logging.getLogger("processor.api")
 
@@ -67,13 +68,13 @@ class RefreshEndpoint:
         stripe: StripeApi,
         key: Secret,
         public_url: str,
-        limit: KeyedRateLimit | None = None,
+        limit: TokenBuckets | None = None,
     ) -> None:
         self.store = store
         self.stripe = stripe
         self.key = key
         self.public_url = public_url
-        self.limit = limit or KeyedRateLimit(DEFAULT_RENEWALS, DEFAULT_PERIOD_S)
+        self.limit = limit or TokenBuckets.per_period(DEFAULT_RENEWALS, DEFAULT_PERIOD_S)
 
     async def __call__(self, request: Request) -> Response:
         sandbox_id = request.path_params["id"]
@@ -96,7 +97,7 @@ class RefreshEndpoint:
         # Stripe would renew the link of a claimed sandbox too, but its user has nothing left to do with it;
         # our state may lag behind Stripe's (a webhook on its way), so Stripe's status decides
         try:
-            sandbox = await self.stripe.retrieve_sandbox(sandbox_id)
+            sandbox = await self.stripe.retrieve_sandbox(sandbox_id, priority=Priority.USER)
         except StripeError as exc:
             return self._failed(sandbox_id, exc)
         if sandbox.get("status") != "unclaimed":
@@ -121,7 +122,7 @@ class RefreshEndpoint:
     async def _explain(self, sandbox_id: str, cause: StripeError) -> Response:
         """Stripe refused to renew (the sandbox changed in between): say why, from its actual status."""
         try:
-            sandbox = await self.stripe.retrieve_sandbox(sandbox_id)
+            sandbox = await self.stripe.retrieve_sandbox(sandbox_id, priority=Priority.USER)
         except StripeError as exc:
             return self._failed(sandbox_id, exc)
         log.info("renewing the link of %s failed: %s", sandbox_id, cause)

@@ -19,6 +19,7 @@ from processor.consumer.inbound import Action, Inbound
 from processor.errors import StripeError
 from processor.eventlog.base import Record
 from processor.lifecycle import observed_state
+from processor.stripe_api.budget import Priority
 from processor.stripe_api.client import StripeApi
 
 log = logging.getLogger("processor.api")
@@ -40,7 +41,8 @@ def without_keys(sandbox: Mapping[str, Any]) -> dict[str, Any]:
 async def created_event(stripe: StripeApi, sandbox_id: str) -> tuple[str, datetime, str | None] | None:
     """(id, created, context) of the sandbox's `.created` event on Stripe, or None if it is not listed (yet)."""
     try:
-        page = await stripe.list_events({"object_id": sandbox_id, "limit": 20})
+        # the user waits for this answer: it is part of creating their sandbox
+        page = await stripe.list_events({"object_id": sandbox_id, "limit": 20}, priority=Priority.USER)
     except StripeError as exc:
         log.info("cannot list the events of sandbox %s, registering it without its event: %s", sandbox_id, exc)
         return None

@@ -42,11 +42,12 @@ from processor.lifecycle.walk import walk
 
 @dataclass(slots=True)
 class Observation:
-    """A sandbox fetched once for all of its observation events in the batch."""
+    """A sandbox fetched once for all of its observation events in the batch, or settled by them alone."""
 
     sandbox_id: str
     events: list[Inbound]
-    fetched: Mapping[str, Any]
+    #: None when the events and our stored state settled the state without a fetch (`without_fetch`)
+    fetched: Mapping[str, Any] | None
     observed: State
 
 
@@ -96,6 +97,17 @@ class Applier:
         except DATABASE_ERRORS as exc:
             raise DatabaseUnavailable(f"cannot read processed events: {exc}") from exc
         return {row["event_id"] for row in rows}
+
+    async def states(self, sandbox_ids: Sequence[str]) -> dict[str, State]:
+        """The stored state of each of `sandbox_ids` we know."""
+        if not sandbox_ids:
+            return {}
+        try:
+            async with self.pool.acquire() as conn:
+                rows = await conn.fetch("SELECT id, state FROM sandboxes WHERE id = ANY($1)", list(sandbox_ids))
+        except DATABASE_ERRORS as exc:
+            raise DatabaseUnavailable(f"cannot read sandbox states: {exc}") from exc
+        return {row["id"]: State(row["state"]) for row in rows}
 
     async def apply(
         self,
@@ -162,7 +174,6 @@ class Applier:
         if decision.outcome is Outcome.ANOMALY:
             self._anomaly(obs, row, decision.reason or "", writes, result)
             return
-        fields = stripe_fields(obs.fetched)
         if decision.outcome is Outcome.ADVANCE:
             row = self._advance(obs, row, decision, writes, result, repair)
             rows[obs.sandbox_id] = row
@@ -172,6 +183,7 @@ class Applier:
         else:
             self._stale(obs, row, decision, writes)
             outcome = "stale"
+        fields = _fields(obs, row)
         if row.stripe != fields:
             row.stripe = fields
             row.dirty = True
@@ -358,3 +370,13 @@ class Applier:
                 f"{row.id}:v{row.version}",
             )
         )
+
+
+def _fields(obs: Observation, row: SandboxRow) -> dict[str, Any] | None:
+    """The Stripe fields a sandbox keeps after `obs`: a fetch's, or (settled without a fetch) the ones we had,
+    with the status the events told when they moved it to a final state."""
+    if obs.fetched is not None:
+        return stripe_fields(obs.fetched)
+    if row.stripe is not None and row.state is State.EXPIRED and row.stripe.get("status") != "expired":
+        return {**row.stripe, "status": "expired"}
+    return row.stripe

@@ -1,6 +1,6 @@
 """One polled batch of the lifecycle consumer made ready for its transaction: parsed, deduplicated (in the
-batch, against the batch being applied, against processed_events), and every sandbox fetched ONCE from Stripe
-for all of its events."""
+batch, against the batch being applied, against processed_events), and every sandbox whose state its events
+and our stored state cannot tell (`lifecycle.without_fetch`) fetched ONCE from Stripe for all of its events."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from processor.consumer.applier import Applier, Observation
 from processor.consumer.inbound import Action, Inbound, MalformedEvent, parse
 from processor.errors import PoisonEvent, StripeError
 from processor.eventlog.base import Record, TopicPartition
-from processor.lifecycle import observed_state
+from processor.lifecycle import State, observed_state
+from processor.lifecycle.without_fetch import state_without_fetch
+from processor.runtime.metrics import WorkerMetrics
 from processor.stripe_api.client import StripeApi
 
 log = logging.getLogger(__name__)
@@ -82,7 +84,7 @@ def first_offsets(records: Sequence[Record]) -> dict[TopicPartition, int]:
 
 
 class BatchPreparer:
-    """Prepares batches; at most `fetch_concurrency` Stripe fetches run at once (the token bucket still caps
+    """Prepares batches; at most `fetch_concurrency` Stripe fetches run at once (the key's budget still caps
     the rate), and a sandbox Stripe answers 404 for is tried `not_found_attempts` times before it is poison."""
 
     def __init__(
@@ -93,8 +95,10 @@ class BatchPreparer:
         fetch_concurrency: int,
         not_found_attempts: int,
         not_found_delay_s: float,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.applier = applier
+        self.metrics = metrics
         self.stripe = stripe
         self.not_found_attempts = not_found_attempts
         self.not_found_delay_s = not_found_delay_s
@@ -140,8 +144,10 @@ class BatchPreparer:
         for event in events:
             if event.action is Action.OBSERVE:
                 by_sandbox[str(event.sandbox_id)].append(event)
+        # what we hold decides which sandboxes need a fetch at all (`without_fetch`)
+        stored = await self.applier.states(list(by_sandbox))
         fetched = await asyncio.gather(
-            *(self._observe(sid, evs) for sid, evs in by_sandbox.items()), return_exceptions=True
+            *(self._observe(sid, evs, stored.get(sid)) for sid, evs in by_sandbox.items()), return_exceptions=True
         )
         for (sandbox_id, evs), outcome in zip(by_sandbox.items(), fetched, strict=True):
             if isinstance(outcome, Observation):
@@ -155,8 +161,13 @@ class BatchPreparer:
             else:  # CancelledError and friends are not ours to swallow
                 raise outcome
 
-    async def _observe(self, sandbox_id: str, events: list[Inbound]) -> Observation:
-        """Fetch the sandbox once for all its events and read its lifecycle state."""
+    async def _observe(self, sandbox_id: str, events: list[Inbound], current: State | None) -> Observation:
+        """The sandbox's state after its events: settled by them and `current` (our stored state) when they
+        can, else fetched from Stripe once for all of them."""
+        told = state_without_fetch((e.type for e in events), current)
+        self._count("fetched" if told is None else "not_needed")
+        if told is not None:
+            return Observation(sandbox_id, events, None, told)
         newest = max(events, key=lambda e: (e.created, e.record.offset))
         async with self._fetch_slots:
             for attempt in range(1, self.not_found_attempts + 1):
@@ -172,3 +183,7 @@ class BatchPreparer:
                         ) from exc
                     await asyncio.sleep(self.not_found_delay_s * 2 ** (attempt - 1))
         return Observation(sandbox_id, events, sandbox, observed_state(sandbox))
+
+    def _count(self, how: str) -> None:
+        if self.metrics is not None:
+            self.metrics.sandbox_fetches.labels(how=how).inc()

@@ -35,6 +35,7 @@ from processor.eventlog.base import EventLog, LogConsumer, Record, TopicPartitio
 from processor.lifecycle import State
 from processor.runtime.metrics import WorkerMetrics
 from processor.settings import Settings
+from processor.stripe_api.budget import shared_budget
 from processor.stripe_api.client import StripeApi, backoff_delay
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class ConsumerOptions:
     #: records per poll: bigger batches coalesce more fetches per sandbox and amortise the transaction
     batch_size: int = 2000
     poll_timeout_s: float = 0.5
-    #: Stripe fetches in flight at once (the token bucket still caps the rate)
+    #: Stripe fetches in flight at once (the key's shared budget still caps the rate)
     fetch_concurrency: int = 256
     #: a 404 right after an event can be replication lag on Stripe's side: try this often before giving up
     not_found_attempts: int = 3
@@ -93,6 +94,7 @@ class LifecycleConsumer:
             fetch_concurrency=self.options.fetch_concurrency,
             not_found_attempts=self.options.not_found_attempts,
             not_found_delay_s=self.options.not_found_delay_s,
+            metrics=self.metrics,
         )
         self.retries = Retries(self.metrics, base_s=self.options.retry_base_s, max_s=self.options.retry_max_s)
         self._committed: dict[TopicPartition, int] = {}
@@ -327,7 +329,10 @@ async def run_consumer(
     metrics = metrics or WorkerMetrics()
     async with contextlib.AsyncExitStack() as stack:
         if stripe is None:
-            stripe = await stack.enter_async_context(StripeApi(settings, on_response=metrics.observe_stripe))
+            budget = shared_budget(settings, db.pool, metrics.budget)
+            stripe = await stack.enter_async_context(
+                StripeApi(settings, on_response=metrics.observe_stripe, budget=budget)
+            )
         consumer = LifecycleConsumer(
             settings, log_, db, stripe, metrics=metrics, options=options, outbox_signal=outbox_signal
         )

@@ -1,7 +1,7 @@
 """Catch missed webhooks: fetch sandboxes that have not moved for a while and drive them to Stripe's state.
 
 A pass visits, in id order, the sandboxes not in a final state whose row was not updated for `age`, fetches
-each from Stripe (rate-limited by the client's token bucket) and applies what it finds through the consumer's
+each from Stripe (rate-limited by the key's shared budget) and applies what it finds through the consumer's
 own `Applier` (one transaction per batch: state, history, processed event, outbox), so the walk through any
 skipped states is recorded and published exactly as if the webhooks had arrived. It then lists Stripe's
 sandbox events of the window to find sandboxes Stripe knows and we do not, and registers them the same way,
@@ -45,7 +45,7 @@ FINAL_STATES = (State.LIVE, State.EXPIRED)
 DEFAULT_AGE = timedelta(hours=1)
 #: sandboxes per database page and per Applier transaction
 BATCH = 100
-#: Stripe fetches in flight at once (the client's token bucket still caps the rate)
+#: Stripe fetches in flight at once (the key's shared budget still caps the rate)
 CONCURRENCY = 8
 #: event type of the observations reconcile makes (recorded in processed_events and history)
 RECONCILE_EVENT_TYPE = "processor.reconcile"

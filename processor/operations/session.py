@@ -10,6 +10,7 @@ from processor.db.pool import Database
 from processor.eventlog.base import EventLog
 from processor.eventlog.factory import open_event_log
 from processor.settings import Settings
+from processor.stripe_api.budget import Priority, shared_budget
 from processor.stripe_api.client import StripeApi
 
 
@@ -29,5 +30,10 @@ async def ops_session(settings: Settings, *, stripe: bool = False) -> AsyncItera
         await db.start(upgrade=True)
         stack.push_async_callback(db.stop)
         log = await stack.enter_async_context(open_event_log(settings, db))
-        api = await stack.enter_async_context(StripeApi(settings)) if stripe else None
+        api = None
+        if stripe:
+            # an operator's replay or reconcile takes what the key's budget has left: users and the consumer
+            # come first (creating a sandbox from the CLI is still user-facing: `create_sandbox` says so)
+            budget = shared_budget(settings, db.pool)
+            api = await stack.enter_async_context(StripeApi(settings, budget=budget, priority=Priority.BACKGROUND))
         yield OpsSession(settings, db, log, api)

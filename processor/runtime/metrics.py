@@ -18,6 +18,7 @@ from prometheus_client import (
 )
 
 from processor.eventlog.kafka.outage import OutageCollector
+from processor.stripe_api.budget import BudgetMetrics
 
 
 class WorkerMetrics:
@@ -25,6 +26,8 @@ class WorkerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        #: the Stripe budget's metrics: every Stripe client of the process reports here
+        self.budget = BudgetMetrics(self.registry)
         self.events = Counter(
             "processor_consumer_events_total",
             "Records of stripe.events handled, by outcome (applied, stale, duplicate, notice, flag, unmatched,"
@@ -48,6 +51,13 @@ class WorkerMetrics:
             "processor_stripe_requests_total",
             "Stripe API responses by HTTP status ('error': no response).",
             ["status"],
+            registry=self.registry,
+        )
+        self.sandbox_fetches = Counter(
+            "processor_consumer_sandbox_fetches_total",
+            "Sandboxes the consumer settled per batch, by how: fetched from Stripe, or not_needed (the events and"
+            " the stored state told the state).",
+            ["how"],
             registry=self.registry,
         )
         self.retries = Counter(

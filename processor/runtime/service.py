@@ -44,6 +44,7 @@ from processor.runtime.reconciler import run_reconciler
 from processor.runtime.serving import http_limits, server_config
 from processor.runtime.worker import WorkerOptions, WorkerStatus, run_worker
 from processor.settings import Secret, Settings
+from processor.stripe_api.budget import Priority, shared_budget
 from processor.stripe_api.client import StripeApi
 
 log = logging.getLogger(__name__)
@@ -163,11 +164,13 @@ def _readiness(event_log: EventLog, worker: WorkerStatus) -> Route:
 
 def build_http_app(settings: Settings, event_log: EventLog, db: Database, stripe_api: StripeApi,
                    worker_metrics: WorkerMetrics | None = None,
-                   worker_status: WorkerStatus | None = None) -> Starlette:
+                   worker_status: WorkerStatus | None = None,
+                   ops_stripe: StripeApi | None = None) -> Starlette:
     """One app serving the webhook ingress, the sandbox API and the operator API; /metrics shows the ingress's
     metrics and, given `worker_metrics`, the consumer's and relay's (lag, outbox) too. With
     PROCESSOR_METRICS_PORT, /metrics is left out: `build_metrics_app` serves it on its own. Given
-    `worker_status`, /readyz also turns red while the worker is not running or its consumer cannot read the log."""
+    `worker_status`, /readyz also turns red while the worker is not running or its consumer cannot read the log.
+    `ops_stripe` is the Stripe client of operator jobs (replay, reconcile), at a lower priority than the API's."""
     ingress_app = build_ingress_app(settings, event_log)
     metrics = _metrics_route(ingress_app.state.ingress.metrics, worker_metrics)
     routes: list[BaseRoute] = [r for r in ingress_app.routes if getattr(r, "path", None) != "/metrics"]
@@ -177,8 +180,9 @@ def build_http_app(settings: Settings, event_log: EventLog, db: Database, stripe
     if settings.metrics_port is None:
         routes.append(metrics)
     routes += build_api_routes(settings, db, stripe_api)
-    routes += ops_routes(settings, event_log, db, stripe_api)
-    console = build_console_app(settings, event_log, db, stripe_api, ingress_metrics=ingress_app.state.ingress.metrics)
+    routes += ops_routes(settings, event_log, db, ops_stripe or stripe_api)
+    console = build_console_app(settings, event_log, db, ops_stripe or stripe_api,
+                                ingress_metrics=ingress_app.state.ingress.metrics)
     routes += console_routes(console)
     middleware = [Middleware(EdgeGuard), Middleware(BodyLimit, max_bytes=settings.max_body_bytes)]
     app = Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: _http_error})
@@ -244,10 +248,15 @@ async def run_service(settings: Settings, stop: asyncio.Event, *, emulator_port:
         stack.push_async_callback(db.stop)
         event_log = await stack.enter_async_context(open_event_log(settings, db))
         await _ensure_topics(settings, event_log)
-        stripe_api = await stack.enter_async_context(StripeApi(settings))
-
         worker_metrics, worker_status = WorkerMetrics(), WorkerStatus()
-        http_app = build_http_app(settings, event_log, db, stripe_api, worker_metrics, worker_status)
+        # one budget for the key in every process; the API's calls are user-facing, the reconciler's take what
+        # is left (the worker's consumer draws from it too, in `run_worker`)
+        budget = shared_budget(settings, db.pool, worker_metrics.budget)
+        stripe_api = await stack.enter_async_context(StripeApi(settings, budget=budget, priority=Priority.USER))
+        background_stripe = await stack.enter_async_context(
+            StripeApi(settings, budget=budget, priority=Priority.BACKGROUND))
+        http_app = build_http_app(settings, event_log, db, stripe_api, worker_metrics, worker_status,
+                                  ops_stripe=background_stripe)
         limits = http_limits(settings)
         server = uvicorn.Server(server_config(
             http_app, host=settings.host, port=settings.port, limits=limits,
@@ -267,7 +276,7 @@ async def run_service(settings: Settings, stop: asyncio.Event, *, emulator_port:
         reconciler: asyncio.Task[None] | None = None
         if reconcile_interval_s > 0:
             reconciler = asyncio.create_task(
-                run_reconciler(settings, db, stripe_api, reconcile_interval_s, worker_stop, event_log=event_log,
+                run_reconciler(settings, db, background_stripe, reconcile_interval_s, worker_stop, event_log=event_log,
                                metrics=worker_metrics), name="reconciler")
         web = asyncio.create_task(server.serve(), name="http")
         while not server.started:

@@ -22,6 +22,7 @@ from processor.outbox.relay import DEFAULT_BATCH, OutboxRelay, relay_role
 from processor.runtime.health import HealthServer
 from processor.runtime.metrics import WorkerMetrics
 from processor.settings import Settings
+from processor.stripe_api.budget import shared_budget
 from processor.stripe_api.client import StripeApi
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,10 @@ async def run_worker(
         relay: OutboxRelay | None = None
         relay_stop = asyncio.Event()
         if options.consume:
-            stripe = await stack.enter_async_context(StripeApi(settings, on_response=metrics.observe_stripe))
+            budget = shared_budget(settings, db.pool, metrics.budget)
+            stripe = await stack.enter_async_context(
+                StripeApi(settings, on_response=metrics.observe_stripe, budget=budget)
+            )
             consumer = LifecycleConsumer(
                 settings, log_, db, stripe, metrics=metrics, options=options.consumer, outbox_signal=signal_
             )

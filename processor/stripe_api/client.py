@@ -2,8 +2,9 @@
 
 The SDK's `StripeClient` does the requests, over its aiohttp transport with one shared keep-alive connection
 pool (so no blocking I/O on the event loop); this module adds what the processor needs around it: the preview
-`Stripe-Version`, an overridable API base (the emulator), a token-bucket rate limit shared by every call,
-retries with exponential backoff and jitter on 429/5xx that honour `Stripe-Should-Retry`, and errors mapped to
+`Stripe-Version`, an overridable API base (the emulator), the key's rate budget (`stripe_api.budget`: one per
+key across every process, with priorities; a 429 of the rate limit slows it for everyone), retries with
+exponential backoff and jitter on 429/5xx that honour `Stripe-Should-Retry`, and errors mapped to
 `StripeError(status, retriable)`. The API key lives only in this object's `Secret` and inside the SDK client;
 it is never logged and never part of a repr.
 """
@@ -14,7 +15,6 @@ import asyncio
 import logging
 import random
 import ssl
-import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
@@ -26,6 +26,7 @@ import stripe
 from processor.constants import STRIPE_API_VERSION
 from processor.errors import ConfigError, StripeError
 from processor.settings import Settings
+from processor.stripe_api.budget import Budget, BudgetPlan, LocalBudget, Priority
 from processor.stripe_api.redaction import install as install_redaction
 
 log = logging.getLogger(__name__)
@@ -39,31 +40,6 @@ DEFAULT_MAX_DELAY_S = 5.0
 DEFAULT_TIMEOUT_S = 15.0
 #: HTTP connections kept open to Stripe (the consumer has up to this many fetches in flight)
 DEFAULT_MAX_CONNECTIONS = 256
-
-
-class TokenBucket:
-    """At most `rate` acquisitions per second on average, bursts up to `burst`; waiters queue fairly."""
-
-    def __init__(self, rate: float, burst: float | None = None) -> None:
-        if rate <= 0:
-            raise ValueError("rate must be positive")
-        self.rate = rate
-        self.burst = max(1.0, burst if burst is not None else rate)
-        self._tokens = self.burst
-        self._updated = time.monotonic()
-        self._lock = asyncio.Lock()
-
-    async def acquire(self) -> None:
-        """Wait until a token is available and take it."""
-        async with self._lock:  # one waiter at a time: FIFO, and no thundering herd on refill
-            while True:
-                now = time.monotonic()
-                self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-                self._updated = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return
-                await asyncio.sleep((1 - self._tokens) / self.rate)
 
 
 def backoff_delay(attempt: int, base_s: float, max_s: float, retry_after: float | None = None) -> float:
@@ -97,6 +73,12 @@ def _classify(exc: stripe.StripeError) -> StripeError:
     return StripeError(message, status=status, retriable=retriable)
 
 
+def _rate_limited(exc: stripe.StripeError) -> bool:
+    """A 429 of the key's rate limit (not `lock_timeout`: contention on one object, which a slower key
+    would not cure)."""
+    return exc.http_status == 429 and getattr(exc, "code", None) != "lock_timeout"
+
+
 class StripeApi:
     """The processor's Stripe client. `async with StripeApi(settings) as api: await api.retrieve_sandbox(...)`."""
 
@@ -110,7 +92,11 @@ class StripeApi:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         on_response: Callable[[str], None] | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        budget: Budget | None = None,
+        priority: Priority = Priority.CONSUMER,
     ) -> None:
+        """`budget` is the key's shared budget (default: one in this process alone); `priority` is what calls
+        that name none draw at (creating a sandbox and renewing a link are always user-facing)."""
         if settings.stripe_api_key is None:
             raise ConfigError("STRIPE_API_KEY", "the processor needs a Stripe API key to fetch sandboxes")
         install_redaction()  # create responses carry a sandbox's secret keys; the SDK logs bodies at DEBUG
@@ -122,7 +108,8 @@ class StripeApi:
         self.max_attempts = max_attempts
         self.base_delay_s = base_delay_s
         self.max_delay_s = max_delay_s
-        self.limiter = TokenBucket(settings.stripe_max_rps)
+        self.budget = budget or LocalBudget(BudgetPlan.from_settings(settings))
+        self.priority = priority
         #: called with the status of every response ("200", "429", "error" for no response): a metric hook
         self.on_response = on_response
         self._api_key = settings.stripe_api_key
@@ -174,28 +161,41 @@ class StripeApi:
         await self.close()
 
     # --- endpoints ---------------------------------------------------------------------------------------
-    async def retrieve_sandbox(self, sandbox_id: str, context: str | None = None) -> dict[str, Any]:
+    async def retrieve_sandbox(
+        self, sandbox_id: str, context: str | None = None, *, priority: Priority | None = None
+    ) -> dict[str, Any]:
         """GET /v2/core/claimable_sandboxes/{id}, as the account `context` (the event's) sees it."""
-        return await self.request("get", f"/v2/core/claimable_sandboxes/{quote(sandbox_id, safe='')}", context=context)
+        path = f"/v2/core/claimable_sandboxes/{quote(sandbox_id, safe='')}"
+        return await self.request("get", path, context=context, priority=priority)
 
     async def create_sandbox(self, params: Mapping[str, Any], *, idempotency_key: str) -> dict[str, Any]:
         """POST /v2/core/claimable_sandboxes; the caller's deterministic key makes a retry create nothing new."""
         return await self.request(
-            "post", "/v2/core/claimable_sandboxes", params=params, idempotency_key=idempotency_key
-        )
+            "post", "/v2/core/claimable_sandboxes", params=params, idempotency_key=idempotency_key,
+            priority=Priority.USER,
+        )  # fmt: skip
 
     async def renew_onboarding_link(
         self, sandbox_id: str, params: Mapping[str, Any], *, idempotency_key: str, context: str | None = None
     ) -> dict[str, Any]:
         """POST /v2/core/claimable_sandboxes/{id}/renew_onboarding_link."""
         path = f"/v2/core/claimable_sandboxes/{quote(sandbox_id, safe='')}/renew_onboarding_link"
-        return await self.request("post", path, params=params, idempotency_key=idempotency_key, context=context)
+        return await self.request(
+            "post", path, params=params, idempotency_key=idempotency_key, context=context, priority=Priority.USER
+        )
 
     async def list_events(
-        self, params: Mapping[str, Any] | None = None, *, context: str | None = None, page_url: str | None = None
+        self,
+        params: Mapping[str, Any] | None = None,
+        *,
+        context: str | None = None,
+        page_url: str | None = None,
+        priority: Priority | None = None,
     ) -> dict[str, Any]:
         """GET /v2/core/events (one page; follow `next_page_url` by passing it as `page_url`)."""
-        return await self.request("get", page_url or "/v2/core/events", params=params, context=context)
+        return await self.request(
+            "get", page_url or "/v2/core/events", params=params, context=context, priority=priority
+        )
 
     async def list_v1_events(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """GET /v1/events (one page; the next starts after the last id while `has_more`)."""
@@ -214,8 +214,10 @@ class StripeApi:
         params: Mapping[str, Any] | None = None,
         context: str | None = None,
         idempotency_key: str | None = None,
+        priority: Priority | None = None,
     ) -> dict[str, Any]:
-        """One API call with rate limit and retries; raises StripeError (retriable when worth retrying later)."""
+        """One API call within the key's budget, with retries; raises StripeError (retriable when worth retrying
+        later). Every attempt draws from the budget at `priority` (default: this client's)."""
         if method == "post" and idempotency_key is None:
             # the SDK would make up a random key, so a retry after a lost answer could create twice
             raise ValueError("POSTs to Stripe need a deterministic idempotency key")
@@ -224,24 +226,23 @@ class StripeApi:
             options["stripe_context"] = context
         if idempotency_key is not None:
             options["idempotency_key"] = idempotency_key
+        priority = self.priority if priority is None else priority
         attempt = 0
         while True:
             attempt += 1
-            await self.limiter.acquire()
+            await self.budget.acquire(priority)
             try:
                 response = await self._sdk().raw_request_async(method, path, **options, **dict(params or {}))
             except stripe.StripeError as exc:
                 self._observe(str(exc.http_status) if exc.http_status else "error")
                 error = _classify(exc)
+                raw_retry_after = _header(exc.headers, "Retry-After")
+                retry_after = float(raw_retry_after) if raw_retry_after and raw_retry_after.isdigit() else None
+                if _rate_limited(exc):  # the key's budget is too generous right now: every caller slows down
+                    await self.budget.throttled(retry_after)
                 if not error.retriable or attempt >= self.max_attempts:
                     raise error from exc
-                retry_after = _header(exc.headers, "Retry-After")
-                delay = backoff_delay(
-                    attempt,
-                    self.base_delay_s,
-                    self.max_delay_s,
-                    float(retry_after) if retry_after and retry_after.isdigit() else None,
-                )
+                delay = backoff_delay(attempt, self.base_delay_s, self.max_delay_s, retry_after)
                 log.info("retrying Stripe %s %s in %.2fs after %s", method.upper(), path, delay, error)
                 await asyncio.sleep(delay)
                 continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from processor.api.ratelimit import KeyedRateLimit
+from processor.tokenbucket import TokenBuckets
 
 
 class FakeClock:
@@ -18,7 +18,7 @@ class FakeClock:
 def test_three_per_minute_then_one_every_twenty_seconds() -> None:
     """A burst of 3 passes, the 4th waits 20 s, and 20 s later exactly one more passes."""
     clock = FakeClock()
-    limit = KeyedRateLimit(3, 60.0, clock=clock)
+    limit = TokenBuckets.per_period(3, 60.0, clock=clock)
     assert [limit.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
     assert limit.take("a") == pytest.approx(20.0)
     assert limit.take("b") == 0.0
@@ -30,7 +30,7 @@ def test_three_per_minute_then_one_every_twenty_seconds() -> None:
 def test_idle_keys_are_forgotten_beyond_the_cap() -> None:
     """Tracking stays bounded: keys whose bucket refilled are dropped, busy ones are kept."""
     clock = FakeClock()
-    limit = KeyedRateLimit(1, 10.0, max_keys=2, clock=clock)
+    limit = TokenBuckets.per_period(1, 10.0, max_keys=2, clock=clock)
     limit.take("old")
     clock.now += 10.0
     limit.take("busy")

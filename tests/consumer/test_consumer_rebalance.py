@@ -57,6 +57,8 @@ async def test_member_joining_during_backoff_leaves_the_first_member_running(
         settings = stack.settings
         async with StripeApi(settings) as api:
             ids = await create_sandboxes(api, 12, "rebalance")
+        for sid in ids:  # `created` settles without Stripe; `claimed` needs a fetch (onboarding or install next?)
+            stack.emu.state.sandboxes.claim(sid, "new")
         await stack.emu.wait_for_deliveries()
 
 
@@ -86,7 +88,7 @@ async def test_member_joining_during_backoff_leaves_the_first_member_running(
                 async def applied_and_running() -> bool:
                     running(first, second)
                     async with db.pool.acquire() as conn:
-                        rows = await conn.fetch("SELECT id FROM sandboxes")
+                        rows = await conn.fetch("SELECT id FROM sandboxes WHERE state = 'pending_onboarding'")
                     return {r["id"] for r in rows} >= set(ids)
 
                 await wait_for(applied_and_running, 60, "every sandbox applied with both members running")

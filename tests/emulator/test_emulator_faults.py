@@ -54,3 +54,21 @@ async def test_bad_knob_values_are_refused() -> None:
         current = (await api.get("/_emulator/config")).json()
     assert unknown.status_code == 400 and bad.status_code == 400
     assert current["duplicate_rate"] == 0 and current["rate_limit_rps"] == 25
+
+
+async def test_request_counts_per_key_need_the_control_token() -> None:
+    """The emulator counts each key's requests by operation and its 429s; only the control token reads them."""
+    async with running_emulator(EmulatorConfig(knobs=Knobs(rate_limit_rps=5))) as emu:
+        async with api_client(emu) as api:
+            responses = [await api.get("/v2/core/events") for _ in range(8)]
+            async with httpx.AsyncClient(base_url=emu.base_url) as stranger:
+                refused = await stranger.get("/_emulator/requests")
+            report = (await api.get("/_emulator/requests")).json()
+    limited = sum(r.status_code == 429 for r in responses)
+    assert limited > 0
+    assert refused.status_code in (401, 403)
+    [key] = report["keys"]
+    assert emu.api_key not in str(report)
+    assert key["requests"] == 8 and key["by_operation"] == {"list_events": 8}
+    assert key["rate_limited"] == limited
+    assert key["peak_per_second"] >= 6

@@ -12,7 +12,6 @@ from starlette.applications import Starlette
 
 from processor import constants as c
 from processor.api import build_api_routes
-from processor.api.ratelimit import KeyedRateLimit
 from processor.consumer.applier import Applier, Observation
 from processor.consumer.inbound import Action, Inbound
 from processor.db.pool import Database
@@ -23,6 +22,7 @@ from processor.lifecycle import observed_state
 from processor.runtime.serving import free_port, serving
 from processor.settings import Secret, Settings
 from processor.stripe_api.client import StripeApi
+from processor.tokenbucket import TokenBuckets
 
 TOKEN = "tok_api_test_4f1c0b7e9a2d4c3b8e5f6a7b"
 OTHER_TOKEN = "tok_api_test_other_77aa55cc33ee11ff"
@@ -64,7 +64,7 @@ async def api_stack(
     *,
     knobs: Knobs | None = None,
     stripe_key: str | None = None,
-    refresh_limit: KeyedRateLimit | None = None,
+    refresh_limit: TokenBuckets | None = None,
 ) -> AsyncIterator[ApiStack]:
     """Emulator (rate limit off) + the API's routes on uvicorn; Stripe retries kept short for the failure tests."""
     async with running_emulator(EmulatorConfig(knobs=knobs or Knobs(rate_limit_rps=0), seed=3)) as emu:

@@ -136,7 +136,7 @@ def endpoint(handler: Handler, *, v2: bool = True) -> Callable[[Request], Awaita
             if v2:
                 _check_version(request)
                 headers["Stripe-Version"] = request.headers["stripe-version"]
-            await state.faults.apply(hashlib.sha256(api_key.encode()).hexdigest())
+            await state.faults.apply(hashlib.sha256(api_key.encode()).hexdigest(), handler.__name__)
             body = await _json_body(request) if request.method == "POST" else {}
             call = Call(api_key, request_id, request.headers.get("stripe-context") or None, body)
             key = request.headers.get("idempotency-key") if request.method == "POST" else None

@@ -277,6 +277,15 @@ async def onboarding_page(request: Request) -> Response:
     })
 
 
+async def get_requests(request: Request, state: EmulatorState, body: dict[str, Any]) -> Any:
+    return state.faults.usage.report()
+
+
+async def reset_requests(request: Request, state: EmulatorState, body: dict[str, Any]) -> Any:
+    state.faults.usage.reset()
+    return state.faults.usage.report()
+
+
 def routes() -> list[Route]:
     prefix = "/_emulator"
     return [
@@ -290,6 +299,9 @@ def routes() -> list[Route]:
         Route(f"{prefix}/sandboxes/{{id}}/go_live", control(go_live), methods=["POST"]),
         Route(f"{prefix}/sandboxes/{{id}}/expire", control(expire), methods=["POST"]),
         Route(f"{prefix}/sandboxes/{{id}}/uninstall_app", control(uninstall_app), methods=["POST"]),
+        # API requests per key (by a hash prefix), 429s of the rate limit, busiest second: what Stripe would bill
+        Route(f"{prefix}/requests", control(get_requests), methods=["GET"]),
+        Route(f"{prefix}/requests/reset", control(reset_requests), methods=["POST"]),
         Route(f"{prefix}/clock", control(get_clock), methods=["GET"]),
         Route(f"{prefix}/clock/advance", control(advance_clock), methods=["POST"]),
         Route(f"{prefix}/config", control(get_config), methods=["GET"]),

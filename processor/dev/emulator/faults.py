@@ -4,30 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Callable
 
 from processor.dev.emulator import errors
 from processor.dev.emulator.config import Knobs
+from processor.dev.emulator.usage import Usage
+from processor.tokenbucket import TokenBuckets
 
 
 class RateLimiter:
-    """A token bucket per API key: `rps` requests per second, bursts up to one second's worth."""
+    """A token bucket per API key, as Stripe keeps one: `rps` requests per second, bursts of one second's worth."""
 
     def __init__(self) -> None:
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._rps = 0.0
+        self._buckets: TokenBuckets | None = None
 
     def allow(self, key: str, rps: float) -> bool:
         if rps <= 0:
             return True
-        now = time.monotonic()
-        tokens, last = self._buckets.get(key, (rps, now))
-        tokens = min(rps, tokens + (now - last) * rps)
-        if tokens < 1:
-            self._buckets[key] = (tokens, now)
-            return False
-        self._buckets[key] = (tokens - 1, now)
-        return True
+        if self._buckets is None or rps != self._rps:  # the knob changed: start afresh at the new rate
+            self._rps, self._buckets = rps, TokenBuckets(max(1.0, rps), rps)
+        return self._buckets.take(key) == 0.0
 
 
 class Faults:
@@ -37,11 +34,16 @@ class Faults:
         self._knobs = knobs
         self._rng = rng
         self._limiter = RateLimiter()
+        self.usage = Usage()
 
-    async def apply(self, key_scope: str) -> None:
-        """Sleep for the configured latency, then raise the error this request is chosen to get, if any."""
+    async def apply(self, key_scope: str, operation: str = "other") -> None:
+        """Sleep for the configured latency, then raise the error this request is chosen to get, if any.
+
+        `key_scope` is the API key's hash: every caller of one key shares its limit, as on Stripe."""
         knobs = self._knobs()
+        self.usage.count(key_scope, operation)
         if not self._limiter.allow(key_scope, knobs.rate_limit_rps):
+            self.usage.limited(key_scope)
             raise errors.ApiError(
                 429,
                 "rate_limit",
