@@ -60,7 +60,7 @@ async def test_request_counts_per_key_need_the_control_token() -> None:
     """The emulator counts each key's requests by operation and its 429s; only the control token reads them."""
     async with running_emulator(EmulatorConfig(knobs=Knobs(rate_limit_rps=5))) as emu:
         async with api_client(emu) as api:
-            responses = [await api.get("/v2/core/events") for _ in range(8)]
+            responses = await asyncio.gather(*(api.get("/v2/core/events") for _ in range(8)))  # a burst of 8
             async with httpx.AsyncClient(base_url=emu.base_url) as stranger:
                 refused = await stranger.get("/_emulator/requests")
             report = (await api.get("/_emulator/requests")).json()
