@@ -30,7 +30,7 @@ async def browser() -> AsyncIterator[Browser]:
 async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
     """A browser profile of this test's own: no cookies from another test."""
     ctx = await browser.new_context(viewport={"width": 1280, "height": 900})
-    ctx.set_default_timeout(15_000)
+    ctx.set_default_timeout(45_000)  # a loaded 2-core CI machine is slow; nothing waits this long when quiet
     try:
         yield ctx
     finally:

@@ -67,7 +67,7 @@ class Stack:
         return {r["id"]: r["state"] for r in await self.fetch("SELECT id, state FROM sandboxes")}
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 30.0) -> None:
+async def wait_for(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 90.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not await check():
         if time.monotonic() > deadline:
