@@ -13,7 +13,7 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 #: tools only the tests and linters use: an image that carries them has more to patch and more to attack
-TEST_TOOLS = {"pytest", "pytest-asyncio", "pytest-timeout", "hypothesis", "jsonschema", "ruff", "mypy"}
+TEST_TOOLS = {"pytest", "pytest-asyncio", "pytest-timeout", "hypothesis", "ruff", "mypy"}
 
 
 def _project() -> dict[str, Any]:
@@ -55,6 +55,14 @@ def test_image_and_ci_install_with_the_constraints() -> None:
 
 
 def test_test_tools_are_not_runtime_dependencies() -> None:
-    """pytest-asyncio, jsonschema and the other test tools are in the dev extra only."""
+    """pytest-asyncio and the other test tools are in the dev extra only."""
     runtime = {canonicalize_name(Requirement(r).name) for r in _project()["dependencies"]}
     assert not runtime & TEST_TOOLS, sorted(runtime & TEST_TOOLS)
+
+
+def test_the_chart_validator_is_a_runtime_dependency() -> None:
+    """The consumer loads the lifecycle chart with python-statemachine's validation on, which imports jsonschema:
+    an install without the dev extra (the image) failed at start when it was a test-only dependency."""
+    runtime = {canonicalize_name(Requirement(r).name) for r in _project()["dependencies"]}
+    assert "jsonschema" in runtime
+    assert "validate=True" in (ROOT / "processor" / "lifecycle" / "machine.py").read_text()
