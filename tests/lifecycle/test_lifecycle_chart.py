@@ -12,6 +12,7 @@ from processor.cli.main import main
 from processor.lifecycle import diagram
 from processor.lifecycle.machine import Lifecycle, SandboxModel, TransitionForbidden, chart, transitions
 from processor.lifecycle.state import State
+from processor.runtime import logs
 
 S = State
 #: the lifecycle of ARCHITECTURE §5, written out independently of the chart file it checks
@@ -131,6 +132,9 @@ def test_diagram_check_command_fails_on_a_stale_file(
     stale = tmp_path / "lifecycle.md"
     stale.write_text(diagram.render().replace("pending_install --> installed", "pending_install --> live"))
     monkeypatch.setattr(diagram, "diagram_path", lambda: stale)
+    # main() sets up the process's logging, to this test's captured stderr: left in place, its handler wrote to
+    # that closed stream in every later test of the session ("I/O operation on closed file")
+    monkeypatch.setattr(logs, "configure", lambda options: None)
     assert main(["lifecycle", "diagram", "--check"]) == 1
     assert "stale" in capsys.readouterr().err
     assert main(["lifecycle", "diagram"]) == 0
