@@ -60,10 +60,7 @@ class Database:
                 log.warning(warning)
         else:
             self.dsn = await asyncio.to_thread(start_embedded_server, self.settings.data_dir)
-        try:
-            self._pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size)
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        self._pool = await self._create_pool(self.min_size, self.max_size)
         if upgrade:
             async with self.pool.acquire() as conn:
                 await migrate.upgrade(conn)
@@ -72,8 +69,11 @@ class Database:
     async def separate_pool(self, *, max_size: int) -> asyncpg.Pool:
         """A second pool on the same server, for a part whose connections nobody else may take; the caller
         closes it."""
+        return await self._create_pool(1, max_size)
+
+    async def _create_pool(self, min_size: int, max_size: int) -> asyncpg.Pool:
         try:
-            return await asyncpg.create_pool(self.dsn, min_size=1, max_size=max_size)
+            return await asyncpg.create_pool(self.dsn, min_size=min_size, max_size=max_size)
         except (OSError, asyncpg.PostgresError) as exc:
             raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
 
