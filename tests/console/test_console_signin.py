@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from playwright.async_api import BrowserContext
+from playwright.async_api import BrowserContext, Response
 
+from processor.console.views.signin import LOCKOUT_S, SIGNIN_ATTEMPTS
 from tests.support.console_harness import OPERATOR_TOKEN, Stack, new_page, sign_in
 
 
@@ -47,3 +48,31 @@ async def test_a_forged_session_cookie_opens_nothing(stack: Stack, context: Brow
     async with new_page(context) as page:
         await page.goto(f"{stack.console}/dlq")
         assert page.url == f"{stack.console}/signin"
+
+
+async def test_sign_in_attempts_are_capped_per_client(stack: Stack, context: BrowserContext) -> None:
+    """After about SIGNIN_ATTEMPTS wrong tokens in a minute the form stops checking tokens for LOCKOUT_S, the
+    right one too, and says when to try again: guessing costs a minute per ten tries."""
+    async with new_page(context) as page:
+        await page.goto(f"{stack.console}/signin")
+
+        async def attempt(token: str) -> Response:
+            await page.get_by_label("API token").fill(token)
+            async with page.expect_response(lambda r: r.request.method == "POST") as answered:
+                await page.get_by_role("button", name="Sign in").click()
+            await page.wait_for_load_state()
+            return await answered.value
+
+        statuses = [(await attempt("not-a-token")).status for _ in range(SIGNIN_ATTEMPTS)]
+        assert statuses == [401] * SIGNIN_ATTEMPTS
+        # the bucket refills one attempt every 6 s while this runs: a few more may be checked before the cap
+        while (await attempt("not-a-token")).status == 401:
+            statuses.append(401)
+            assert len(statuses) < 2 * SIGNIN_ATTEMPTS, "wrong tokens are never refused"
+
+        response = await attempt(OPERATOR_TOKEN)
+        assert response.status == 429
+        assert response.headers["retry-after"] == str(LOCKOUT_S)
+        assert (await page.locator("#signin-error").inner_text()).startswith("Too many sign-in attempts.")
+        await page.goto(f"{stack.console}/")
+        assert page.url == f"{stack.console}/signin"  # the right token did not open a session either

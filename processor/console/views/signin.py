@@ -1,7 +1,14 @@
-"""Sign-in with an API token, and sign-out."""
+"""Sign-in with an API token, and sign-out.
+
+Sign-in attempts are capped per client address (SIGNIN_ATTEMPTS a minute, in this process's memory): tokens
+are long and random, but an operator's token may not be, and nothing else slows down someone trying many.
+Every attempt counts, not only wrong ones, so the cap cannot be probed for which answer was right; an attempt
+over the cap locks the client out for LOCKOUT_S, and every further one starts that minute again.
+"""
 
 from __future__ import annotations
 
+import logging
 import secrets
 from typing import TYPE_CHECKING
 
@@ -19,12 +26,21 @@ from processor.console.session import (
     console_root,
     set_cookie,
 )
+from processor.tokenbucket import TokenBuckets
 
 if TYPE_CHECKING:
     from processor.console.app import Console
 
+log = logging.getLogger(__name__)
+#: sign-in attempts a client address may make per minute (bursts of as many, then one every 6 s)
+SIGNIN_ATTEMPTS = 10
+#: an attempt over the cap shuts the form for this client for this long
+LOCKOUT_S = 60
+
 
 def routes(console: Console) -> list[BaseRoute]:
+    attempts = TokenBuckets.per_period(SIGNIN_ATTEMPTS, 60.0)
+
     def form_page(request: Request, nonce: str, status: int = 200, error: str | None = None) -> Response:
         response = console.render(request, "signin.html", {
             "signin_csrf": console.auth.csrf_token(f"signin:{nonce}"), "error": error,
@@ -47,6 +63,16 @@ def routes(console: Console) -> list[BaseRoute]:
         if not nonce or not same_origin(request) or not console.auth.csrf_ok(f"signin:{nonce}", form.get("csrf")):
             return form_page(request, secrets.token_urlsafe(18), 403,
                              "The sign-in form expired or came from elsewhere. Please try again.")
+        client = request.client.host if request.client else "unknown"
+        if attempts.take(client) > 0:
+            # locked out for a whole minute from this attempt on: hammering on keeps the door shut
+            attempts.drain(client, LOCKOUT_S)
+            log.warning("console: more than %d sign-in attempts a minute from %s: refused for %d s",
+                        SIGNIN_ATTEMPTS, client, LOCKOUT_S)
+            response = form_page(request, nonce, 429,
+                                 f"Too many sign-in attempts. Try again in {LOCKOUT_S} seconds.")
+            response.headers["Retry-After"] = str(LOCKOUT_S)
+            return response
         signed = console.auth.sign_in(form.get("token"))
         if signed is None:
             # the same answer for every wrong token: nothing says how close it was
