@@ -72,14 +72,21 @@ def routes(console: Console) -> list[BaseRoute]:
         query = dict(request.query_params)
         where = _filter(query)
         include_resolved = query.get("resolved") == "1"
-        entries = await dlq_ops.list_dlq(console.settings, console.log, console.db, where,
-                                         include_resolved=include_resolved, limit=PAGE + 1)
-        every = await dlq_ops.list_dlq(console.settings, console.log, console.db, include_resolved=include_resolved)
+        # one pass over the DLQ: the page's records and, for the filters' choices, the values present; only
+        # the page is held, so a DLQ of a million records after an outage costs a read, not a million objects
+        entries: list[dlq_ops.DlqEntry] = []
+        error_classes: set[str] = set()
+        event_types: set[str] = set()
+        async for chunk in dlq_ops.dlq_entries(console.settings, console.log, console.db,
+                                               include_resolved=include_resolved):
+            for e in chunk:
+                error_classes.add(e.error_class or "")
+                event_types.add(e.event_type or "")
+                if len(entries) <= PAGE and where.matches(e):
+                    entries.append(e)
         return console.render(request, "dlq.html", {
             "entries": entries[:PAGE], "more": len(entries) > PAGE, "query": query, "resolved": include_resolved,
-            # the values present, for the filter's choices
-            "error_classes": sorted({e.error_class for e in every if e.error_class}),
-            "event_types": sorted({e.event_type for e in every if e.event_type}),
+            "error_classes": sorted(error_classes - {""}), "event_types": sorted(event_types - {""}),
         }, session=session)
 
     async def entry(request: Request, session: Session) -> Response:
