@@ -7,6 +7,7 @@ reshuffles keys and changing configs is an operator's decision.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,14 +19,18 @@ from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
     for_code,
 )
 
 from processor.eventlog.kafka.security import PLAINTEXT, KafkaSecurity
 from processor.eventlog.kafka.topics import TopicSpec
+from processor.stripe_api.client import backoff_delay
 
 #: how long the controller may take to create the topics before the request fails
 CREATE_TIMEOUT_MS = 30_000
+#: tries at reading a just-created topic's configs before its metadata reached the broker answering
+UNKNOWN_TOPIC_ATTEMPTS = 8
 
 @dataclass(frozen=True, slots=True)
 class TopicOutcome:
@@ -94,14 +99,23 @@ async def _configs(admin: AIOKafkaAdminClient, specs: Mapping[str, TopicSpec]) -
         for name, spec in specs.items()
     ]
     found: dict[str, dict[str, str] | None] = {}
-    for response in await admin.describe_configs(resources):
-        for error_code, error_message, _type, name, entries, *_ in response.resources:
-            if for_code(error_code) is TopicAuthorizationFailedError:
-                found[name] = None
-                continue
-            if error_code:
-                raise for_code(error_code)(f"describing configs of {name}: {error_message}")
-            found[name] = {entry[0]: entry[1] for entry in entries}
+    for attempt in range(1, UNKNOWN_TOPIC_ATTEMPTS + 1):
+        try:
+            for response in await admin.describe_configs(resources):
+                for error_code, error_message, _type, name, entries, *_ in response.resources:
+                    if for_code(error_code) is TopicAuthorizationFailedError:
+                        found[name] = None
+                        continue
+                    if error_code:
+                        raise for_code(error_code)(f"describing configs of {name}: {error_message}")
+                    found[name] = {entry[0]: entry[1] for entry in entries}
+            return found
+        except UnknownTopicOrPartitionError:
+            # a topic created a moment ago (by us or a job racing us) is listed by the controller before every
+            # broker knows it: the broker answering may not have it yet
+            if attempt == UNKNOWN_TOPIC_ATTEMPTS:
+                raise
+            await asyncio.sleep(backoff_delay(attempt, 0.1, 1.0))
     return found
 
 
