@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 import stripe
 
 from processor.constants import STRIPE_API_VERSION
@@ -79,6 +80,33 @@ def _rate_limited(exc: stripe.StripeError) -> bool:
     return exc.http_status == 429 and getattr(exc, "code", None) != "lock_timeout"
 
 
+class _AioHttpTransport(stripe.AIOHTTPClient):
+    """The SDK's aiohttp transport, turning an error answer whose body is not a Stripe error into an APIError.
+
+    A proxy in front of Stripe, or a server at its connection limit, may answer `{"error": "some_code"}`; the
+    SDK reads a string `error` as an OAuth error and, for v2 paths, then fails with an AttributeError instead of
+    raising a StripeError, so the call was neither classified by its status nor retried."""
+
+    async def request_async(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any = None
+    ) -> tuple[bytes, int, Mapping[str, str]]:
+        content, status, response_headers = await super().request_async(method, url, headers, post_data)
+        if status >= 400 and not _is_stripe_error(content):
+            raise stripe.APIError(
+                f"HTTP {status} with a body that is not a Stripe error", http_body=content, http_status=status,
+                headers=dict(response_headers),
+            )
+        return content, status, response_headers
+
+
+def _is_stripe_error(body: bytes) -> bool:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)
+
+
 class StripeApi:
     """The processor's Stripe client. `async with StripeApi(settings) as api: await api.retrieve_sandbox(...)`."""
 
@@ -118,9 +146,13 @@ class StripeApi:
         #: built on first use: aiohttp's session and connector belong to the running event loop
         self._client: stripe.StripeClient | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     def _sdk(self) -> stripe.StripeClient:
         """The SDK client, created on first use inside the event loop."""
+        if self._closed:
+            # a call racing shutdown would otherwise open a session that nobody closes
+            raise StripeError("the Stripe client is closed (shutting down)", retriable=True)
         if self._client is None:
             # The SDK's HTTPX transport costs 1.6-3 ms of CPU per request with 32-256 requests in flight (httpx's
             # pool bookkeeping grows with the number of connections); its aiohttp transport costs about 0.25 ms,
@@ -137,7 +169,7 @@ class StripeApi:
                 stripe_version=STRIPE_API_VERSION,
                 base_addresses={"api": self.api_base},
                 max_network_retries=0,  # retries are ours: rate-limited, jittered, and they honour Should-Retry
-                http_client=stripe.AIOHTTPClient(
+                http_client=_AioHttpTransport(
                     timeout=aiohttp.ClientTimeout(total=self._timeout_s), session=self._session
                 ),
             )
@@ -147,7 +179,8 @@ class StripeApi:
         return f"StripeApi(api_base={self.api_base!r})"
 
     async def close(self) -> None:
-        """Close the HTTP connections. Safe to call twice."""
+        """Close the HTTP connections; later calls fail (retriable). Safe to call twice."""
+        self._closed = True
         session, self._session, self._client = self._session, None, None
         if session is not None:
             await session.close()

@@ -1,0 +1,71 @@
+"""The Stripe client against a real local HTTP server standing in for Stripe (or a proxy in front of it)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from processor.errors import StripeError
+from processor.runtime.serving import free_port, serving
+from processor.settings import Secret, Settings
+from processor.stripe_api.client import StripeApi
+
+SANDBOX = {"id": "csb_1", "object": "v2.core.claimable_sandbox", "status": "unclaimed"}
+
+
+@asynccontextmanager
+async def stripe_answering(*answers: Response) -> AsyncIterator[tuple[str, list[str]]]:
+    """A server that gives `answers` in turn, then the sandbox; yields its base URL and the paths asked for."""
+    asked: list[str] = []
+    queue = list(answers)
+
+    async def any_request(request: Request) -> Response:
+        asked.append(request.url.path)
+        return queue.pop(0) if queue else JSONResponse(SANDBOX)
+
+    port = free_port()
+    app = Starlette(routes=[Route("/{path:path}", any_request, methods=["GET", "POST"])])
+    async with serving(app, port=port, lifespan="off"):
+        yield f"http://127.0.0.1:{port}", asked
+
+
+def client(base: str) -> StripeApi:
+    settings = replace(Settings(), stripe_api_key=Secret("sk_test_client"), stripe_api_base=base)
+    return StripeApi(settings, max_attempts=3, base_delay_s=0.01, max_delay_s=0.02)
+
+
+async def test_an_error_body_not_shaped_like_stripes_is_a_retriable_stripe_error() -> None:
+    """A proxy (or a server's connection limit) answering 503 with `{"error": "service_unavailable"}` is an
+    outage to retry, not a crash: the SDK cannot read that body, and the client still retries and succeeds."""
+    busy = JSONResponse({"error": "service_unavailable"}, status_code=503)
+    async with stripe_answering(busy) as (base, asked), client(base) as api:
+        assert (await api.retrieve_sandbox("csb_1"))["id"] == "csb_1"
+    assert len(asked) == 2
+
+    always_busy = [JSONResponse({"error": "service_unavailable"}, status_code=503) for _ in range(3)]
+    async with stripe_answering(*always_busy) as (base, asked), client(base) as api:
+        with pytest.raises(StripeError) as failed:
+            await api.retrieve_sandbox("csb_1")
+    assert failed.value.retriable and failed.value.status == 503
+    assert len(asked) == 3
+
+
+async def test_a_closed_client_refuses_calls_instead_of_opening_connections_nobody_closes() -> None:
+    """After close() (shutdown), a late call fails as retriable instead of building a new HTTP session that
+    would then leak."""
+    async with stripe_answering() as (base, asked):
+        api = client(base)
+        await api.retrieve_sandbox("csb_1")
+        await api.close()
+        with pytest.raises(StripeError) as failed:
+            await api.retrieve_sandbox("csb_1")
+        assert failed.value.retriable
+        assert api._session is None
+    assert len(asked) == 1
