@@ -104,6 +104,12 @@ class WorkerMetrics:
             registry=self.registry,
         )
 
+        self.worker_restarts = Counter(
+            "processor_worker_restarts_total",
+            "Times `processor run` restarted its worker after it failed (the log says why).",
+            registry=self.registry,
+        )
+
         # the process's Kafka outage counts (processor.eventlog.kafka.outage), shown with the worker's metrics
         self.registry.register(OutageCollector())
         ProcessCollector(registry=self.registry)

@@ -42,6 +42,7 @@ from processor.ingress.metrics import IngressMetrics
 from processor.runtime.metrics import WorkerMetrics
 from processor.runtime.reconciler import run_reconciler
 from processor.runtime.serving import http_limits, server_config
+from processor.runtime.supervise import supervise
 from processor.runtime.worker import WorkerOptions, WorkerStatus, run_worker
 from processor.settings import Secret, Settings
 from processor.stripe_api.budget import Priority, shared_budget
@@ -270,9 +271,13 @@ async def run_service(settings: Settings, stop: asyncio.Event, *, emulator_port:
             metrics_task = asyncio.create_task(metrics_server.serve(), name="metrics http")
             stack.push_async_callback(_stop_server, metrics_server, metrics_task)
         worker_stop = asyncio.Event()
-        worker = asyncio.create_task(
-            run_worker(settings, event_log, db, worker_stop, WorkerOptions(), worker_metrics, worker_status),
-            name="worker")
+        # nobody else restarts a part of this one process: a failed worker is started again, with backoff
+        worker = asyncio.create_task(supervise(
+            "worker",
+            lambda run_stop: run_worker(settings, event_log, db, run_stop, WorkerOptions(), worker_metrics,
+                                        worker_status),
+            worker_stop, on_restart=worker_metrics.worker_restarts.inc,
+        ), name="worker")
         reconciler: asyncio.Task[None] | None = None
         if reconcile_interval_s > 0:
             reconciler = asyncio.create_task(
@@ -296,7 +301,7 @@ async def run_service(settings: Settings, stop: asyncio.Event, *, emulator_port:
                 emulator_token=backend.emulator_token,
             ))
         stop_waiter = asyncio.create_task(stop.wait())
-        # a worker that ended has said why and turned /readyz red; webhooks are still taken and kept in the log
+        # while a failed worker waits to restart, /readyz is red; webhooks are still taken and kept in the log
         await asyncio.wait([stop_waiter, web], return_when=asyncio.FIRST_COMPLETED)
         stop_waiter.cancel()
         # stop taking webhooks first (in-flight requests finish), then let the consumer finish its batch
