@@ -9,7 +9,7 @@ import hmac
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from processor.runtime.service import build_http_app
 from processor.runtime.serving import serving
 from processor.settings import Secret, Settings
 from processor.stripe_api.client import StripeApi
+from tests.support.schemas import refs, resolve_ref
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "schemas" / "openapi.yaml"
 BASE = "urn:processor:openapi"
@@ -49,23 +50,6 @@ def _pointer(*parts: str) -> str:
     return "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts)
 
 
-def _refs(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "$ref" and isinstance(value, str):
-                yield value
-            else:
-                yield from _refs(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _refs(item)
-
-
-def _resolve(document: dict[str, Any], ref: str) -> Any:
-    node: Any = document
-    for part in ref.removeprefix("#/").split("/"):
-        node = node[part.replace("~1", "/").replace("~0", "~")]
-    return node
 
 
 #: the operator console: HTML pages and forms for people (processor/console, tests/console), not the HTTP API
@@ -96,7 +80,7 @@ def test_the_document_is_openapi_31_and_every_reference_resolves() -> None:
     assert document["openapi"].startswith("3.1.")
     for schema in document["components"]["schemas"].values():
         jsonschema.Draft202012Validator.check_schema(schema)  # raises, naming what is wrong
-    dangling = [ref for ref in _refs(document) if _resolve_or_none(document, ref) is None]
+    dangling = [ref for ref in refs(document) if _resolve_or_none(document, ref) is None]
     assert dangling == []
     for path, item in document["paths"].items():
         for method in (m for m in item if m in METHODS):
@@ -107,7 +91,7 @@ def test_the_document_is_openapi_31_and_every_reference_resolves() -> None:
 
 def _resolve_or_none(document: dict[str, Any], ref: str) -> Any:
     try:
-        return _resolve(document, ref)
+        return resolve_ref(document, ref)
     except (KeyError, TypeError):
         return None
 
@@ -256,7 +240,7 @@ def _check(document: dict[str, Any], registry: Registry, exchange: Exchange) -> 
     pointer = _pointer("paths", template, exchange.method, "responses", str(exchange.status))
     if "$ref" in response:
         pointer = response["$ref"].removeprefix("#/")
-        response = _resolve(document, response["$ref"])
+        response = resolve_ref(document, response["$ref"])
     content = response.get("content")
     if not content:
         return None if not exchange.body else f"{where}: a body where none is documented"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jsonschema
@@ -14,7 +14,16 @@ import yaml
 from processor import constants
 from processor.lifecycle import State
 from processor.resources import data_dir
-from tests.support.schemas import KINDS, SchemaViolation, load_schema, record_view, schema_path, validate
+from tests.support.schemas import (
+    KINDS,
+    SchemaViolation,
+    load_schema,
+    record_view,
+    refs,
+    resolve_ref,
+    schema_path,
+    validate,
+)
 
 THIN_EVENT: dict[str, Any] = {
     "id": "evt_test_65R9Ijk8dnq2sHLsTY5Kq5bH1DoTpmVzB0SXd2LWOLFU",
@@ -185,23 +194,6 @@ def asyncapi() -> dict[str, Any]:
     return document
 
 
-def _refs(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "$ref" and isinstance(value, str):
-                yield value
-            else:
-                yield from _refs(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _refs(item)
-
-
-def _resolve_local(document: dict[str, Any], ref: str) -> Any:
-    node: Any = document
-    for part in ref.removeprefix("#/").split("/"):
-        node = node[part]
-    return node
 
 
 def test_asyncapi_describes_the_four_topics(asyncapi: dict[str, Any]) -> None:
@@ -215,12 +207,12 @@ def test_asyncapi_describes_the_four_topics(asyncapi: dict[str, Any]) -> None:
 
 def test_asyncapi_references_resolve(asyncapi: dict[str, Any]) -> None:
     """Every $ref points into the document or at an existing schema file of a known kind."""
-    refs = list(_refs(asyncapi))
-    files = {ref for ref in refs if not ref.startswith("#")}
+    found = list(refs(asyncapi))
+    files = {ref for ref in found if not ref.startswith("#")}
     assert files == {f"./{schema_path(kind).name}" for kind in KINDS if kind != "dlq-record"}
-    for ref in refs:
+    for ref in found:
         if ref.startswith("#"):
-            assert _resolve_local(asyncapi, ref) is not None
+            assert resolve_ref(asyncapi, ref) is not None
         else:
             assert (data_dir("schemas") / ref).is_file()
 

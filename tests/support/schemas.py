@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -85,3 +85,24 @@ def record_view(
         "headers": {name: "" if raw is None else raw.decode() for name, raw in headers},
         "value": json.loads(value),
     }
+
+
+def refs(node: Any) -> Iterator[str]:
+    """Every `$ref` in a JSON/YAML document (OpenAPI, AsyncAPI, JSON Schema), depth first."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str):
+                yield value
+            else:
+                yield from refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from refs(item)
+
+
+def resolve_ref(document: dict[str, Any], ref: str) -> Any:
+    """The node a local `#/...` reference points at (JSON Pointer, `~1` and `~0` unescaped); KeyError if none."""
+    node: Any = document
+    for part in ref.removeprefix("#/").split("/"):
+        node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node
