@@ -56,7 +56,19 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     chosen = [m for m in COMMAND_MODULES if m.rpartition(".")[2] == command]
     for module_name in chosen or COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
+    _log_format_after_commands(parser)
     return parser
+
+
+def _log_format_after_commands(parser: argparse.ArgumentParser) -> None:
+    """Accept --log-format after any command word too (`processor db upgrade --log-format text`), as people type
+    it; SUPPRESS keeps a value given before the command when none is given after it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                command.add_argument("--log-format", choices=logs.FORMATS, default=argparse.SUPPRESS,
+                                     help="as before the command: json (default) or text")
+                _log_format_after_commands(command)
 
 
 def _command(argv: Sequence[str]) -> str | None:

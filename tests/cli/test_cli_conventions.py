@@ -122,6 +122,14 @@ async def test_log_format_text_and_log_level(empty_database: str) -> None:
     assert quiet.returncode == 0 and quiet.stderr == ""
 
 
+async def test_log_format_is_taken_after_the_command_too(empty_database: str) -> None:
+    """`processor db upgrade --log-format text` means what `processor --log-format text db upgrade` does."""
+    result = _processor("db", "upgrade", "--log-format", "text", env={"PROCESSOR_DATABASE_URL": empty_database})
+    assert result.returncode == 0, result.stderr
+    applied = [line for line in result.stderr.splitlines() if "applied migration 0001_event_log" in line]
+    assert len(applied) == 1 and " INFO " in applied[0] and not applied[0].startswith("{")
+
+
 def test_a_bad_log_format_is_a_usage_error() -> None:
     """An unknown --log-format or PROCESSOR_LOG_FORMAT is refused with exit 2, naming what is wrong."""
     assert _processor("--log-format", "xml", "lifecycle", "diagram", "--check").returncode == 2
