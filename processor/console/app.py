@@ -28,12 +28,12 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from processor.console.forms import Form, FormTooLarge, read_form, same_origin
-from processor.console.jobs import ReplayJobs
 from processor.console.session import ConsoleAuth, Session, console_root
 from processor.db.pool import DATABASE_ERRORS, Database
 from processor.errors import DatabaseUnavailable, ProcessorError
 from processor.eventlog.base import EventLog
 from processor.ingress.metrics import IngressMetrics
+from processor.operations.jobs import OperatorJobs
 from processor.settings import Secret, Settings
 from processor.stripe_api.client import StripeApi
 
@@ -62,7 +62,7 @@ class Console:
     stripe: StripeApi | None
     auth: ConsoleAuth
     templates: Jinja2Templates
-    jobs: ReplayJobs
+    jobs: OperatorJobs
     ingress_metrics: IngressMetrics | None
 
     def render(self, request: Request, name: str, context: dict[str, Any], status: int = 200,
@@ -161,8 +161,9 @@ class SecurityHeaders:
 
 
 def build_console_app(settings: Settings, event_log: EventLog, db: Database, stripe: StripeApi | None, *,
-                      ingress_metrics: IngressMetrics | None = None) -> Starlette:
-    """The console as an ASGI app to mount at /console; `ingress_metrics` when the ingress runs in this process."""
+                      ingress_metrics: IngressMetrics | None = None, jobs: OperatorJobs | None = None) -> Starlette:
+    """The console as an ASGI app to mount at /console; `ingress_metrics` when the ingress runs in this process,
+    `jobs` the process's operator jobs when the operator API runs next to it (app.state.console.jobs else)."""
     from processor.console.views import deadletters, overview, replays, sandboxes, signin
 
     key = settings.signing_key
@@ -175,7 +176,8 @@ def build_console_app(settings: Settings, event_log: EventLog, db: Database, str
         log.warning("no PROCESSOR_API_TOKENS or PROCESSOR_CONSOLE_READONLY_TOKENS: nobody can sign in to the console")
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters["when"] = when
-    console = Console(settings, event_log, db, stripe, auth, templates, ReplayJobs(settings, event_log, db, stripe),
+    console = Console(settings, event_log, db, stripe, auth, templates,
+                      jobs or OperatorJobs(settings, event_log, db, stripe),
                       ingress_metrics)
     routes: list[BaseRoute] = [
         *signin.routes(console),

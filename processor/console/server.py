@@ -40,7 +40,7 @@ def build_standalone_app(settings: Settings, event_log: EventLog, db: Database, 
     routes = [Route("/", root, methods=["GET"]), Route("/healthz", healthz, methods=["GET"]),
               *console_routes(console)]
     app = Starlette(routes=routes, middleware=[Middleware(EdgeGuard)])
-    app.state.console_jobs = console.state.console.jobs
+    app.state.operator_jobs = console.state.console.jobs
     return app
 
 
@@ -62,4 +62,4 @@ async def serve_console(settings: Settings, stop: asyncio.Event,
         waiter.cancel()
         server.should_exit = True
         await web
-        await app.state.console_jobs.stop()  # a replay the console started resumes when run again
+        await app.state.operator_jobs.stop()  # running jobs end as interrupted; a replay resumes when run again

@@ -17,6 +17,7 @@ from processor import constants as c
 from processor.db.pool import Database
 from processor.eventlog.base import EventLog, Record, TopicPartition
 from processor.eventlog.postgres.log import PostgresEventLog
+from processor.operations.progress import Progress
 from processor.paging import InvalidCursor, Page, decode_cursor, page_of, parse_limit
 from processor.settings import Settings
 
@@ -273,17 +274,25 @@ class PurgeReport:
 
 
 async def purge_dlq(
-    settings: Settings, log: EventLog, db: Database, where: DlqFilter | None = None, *, coordinates: Sequence[str] = ()
+    settings: Settings,
+    log: EventLog,
+    db: Database,
+    where: DlqFilter | None = None,
+    *,
+    coordinates: Sequence[str] = (),
+    progress: Progress | None = None,
 ) -> PurgeReport:
     """Resolve the open records matching `where` (or exactly `coordinates`) without replaying them.
 
     On Kafka they are marked purged (Kafka cannot delete single records); on the PostgreSQL log they are
-    also deleted.
+    also deleted. `progress` counts the open matching records looked at.
     """
     wanted = {parse_coordinate(text) for text in coordinates}
     targets: list[DlqEntry] = []
     async for chunk in dlq_entries(settings, log, db, where):
         targets.extend(e for e in chunk if not wanted or (e.record.partition, e.record.offset) in wanted)
+        if progress is not None:
+            progress.advance(len(chunk))
     await mark_resolved(db, targets, PURGED, None)
     deleted = isinstance(log, PostgresEventLog)
     if deleted and targets:

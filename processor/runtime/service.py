@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from processor.eventlog.kafka.admin import ensure_topics as ensure_kafka_topics
 from processor.eventlog.kafka.topics import TOPICS
 from processor.ingress.app import build_app as build_ingress_app
 from processor.ingress.metrics import IngressMetrics
+from processor.operations.jobs import OperatorJobs
 from processor.runtime.metrics import WorkerMetrics
 from processor.runtime.reconciler import run_reconciler
 from processor.runtime.serving import http_limits, server_config
@@ -181,14 +183,16 @@ def build_http_app(settings: Settings, event_log: EventLog, db: Database, stripe
     if settings.metrics_port is None:
         routes.append(metrics)
     routes += build_api_routes(settings, db, stripe_api)
-    routes += ops_routes(settings, event_log, db, ops_stripe or stripe_api)
+    jobs = OperatorJobs(settings, event_log, db, ops_stripe or stripe_api)  # one limit for the API and console
+    routes += ops_routes(settings, event_log, db, ops_stripe or stripe_api, jobs)
     console = build_console_app(settings, event_log, db, ops_stripe or stripe_api,
-                                ingress_metrics=ingress_app.state.ingress.metrics)
+                                ingress_metrics=ingress_app.state.ingress.metrics, jobs=jobs)
     routes += console_routes(console)
     middleware = [Middleware(EdgeGuard), Middleware(BodyLimit, max_bytes=settings.max_body_bytes)]
-    app = Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: _http_error})
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: _http_error},
+                    lifespan=functools.partial(_stopping_jobs, jobs))
     app.state.metrics_route = metrics
-    app.state.console_jobs = console.state.console.jobs
+    app.state.operator_jobs = jobs
     return app
 
 
@@ -215,6 +219,14 @@ def _metrics_route(ingress_metrics: IngressMetrics, worker_metrics: WorkerMetric
 def build_metrics_app(http_app: Starlette) -> Starlette:
     """GET /metrics of `http_app` alone, for PROCESSOR_METRICS_PORT."""
     return Starlette(routes=[http_app.state.metrics_route])
+
+
+@contextlib.asynccontextmanager
+async def _stopping_jobs(jobs: OperatorJobs, app: Starlette) -> AsyncIterator[None]:
+    """The app's lifespan: at shutdown, running operator jobs are cancelled and marked interrupted (a replay
+    resumes when run again), so none is left running with nobody to finish it."""
+    yield
+    await jobs.stop()
 
 
 async def _stop_server(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
@@ -307,7 +319,7 @@ async def run_service(settings: Settings, stop: asyncio.Event, *, emulator_port:
         # stop taking webhooks first (in-flight requests finish), then let the consumer finish its batch
         server.should_exit = True
         await asyncio.gather(web, return_exceptions=True)
-        await http_app.state.console_jobs.stop()  # a replay the console started resumes when run again
+        await http_app.state.operator_jobs.stop()  # the lifespan did it; a server that failed to start did not
         worker_stop.set()
         results = await asyncio.gather(worker, web, *([reconciler] if reconciler else []), return_exceptions=True)
         for result in results:

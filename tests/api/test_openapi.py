@@ -3,6 +3,7 @@ answers of a real server (real PostgreSQL, the real emulator behind the Stripe c
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import hmac
@@ -193,11 +194,17 @@ async def _exercise(client: httpx.AsyncClient, log: PostgresEventLog, settings: 
     await client.get(f"/v1/ops/dlq/{dead[0]['coordinate']}")
     await client.get("/v1/ops/dlq/0:999")
     await client.get("/v1/ops/dlq/nonsense")
-    await client.post("/v1/ops/replay", json={"source": "dlq", "dry_run": True})
+    dry = await client.post("/v1/ops/replay", json={"source": "dlq", "dry_run": True})
+    await _ended(client, dry.headers["location"])
     await client.post("/v1/ops/replay", json={"source": "nowhere"})
+    await client.get("/v1/ops/replays")
+    await client.get("/v1/ops/replays/replay-dlq-unknown")
     await client.post("/v1/ops/reconcile", json={"dry_run": True, "age": "0s"})
-    await client.post("/v1/ops/dlq/purge", json={"confirm": True, "coordinates": [dead[0]["coordinate"]]})
+    purge = await client.post("/v1/ops/dlq/purge", json={"confirm": True, "coordinates": [dead[0]["coordinate"]]})
+    await _ended(client, purge.headers["location"])
     await client.post("/v1/ops/dlq/purge", json={})
+    await client.get("/v1/ops/jobs")
+    await client.get("/v1/ops/jobs/purge-unknown")
     await client.get("/v1/ops/sandboxes", params={"limit": 1})
     await client.get("/v1/ops/sandboxes", params={"state": "unclaimed", "stuck_for": "0s"})
     await client.get(f"/v1/ops/sandboxes/{sandbox['id']}")
@@ -220,6 +227,15 @@ async def _exercise(client: httpx.AsyncClient, log: PostgresEventLog, settings: 
     await client.get("/healthz")
     await client.get("/readyz")
     await client.get("/metrics")
+
+
+async def _ended(client: httpx.AsyncClient, location: str) -> None:
+    """Poll an operator job until it ends (each poll is an answer checked against the document too)."""
+    for _ in range(600):
+        if (await client.get(location)).json()["status"] != "running":
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the job at {location} did not end")
 
 
 def _operation(document: dict[str, Any], method: str, path: str) -> tuple[str, dict[str, Any]]:

@@ -97,4 +97,10 @@ async def test_dlq_replay_after_the_fix_transitions_each_sandbox_exactly_once(
                 shown = await http.get(f"/v1/ops/sandboxes/{ids[0]}", headers=auth)
                 assert shown.json()["sandbox"]["state"] == expected[ids[0]]
                 dry = await http.post("/v1/ops/replay", json={"source": "dlq", "dry_run": True}, headers=auth)
-                assert dry.json()["replayed"] == 0
+                assert dry.status_code == 202, dry.text
+
+                async def dry_run_ended() -> bool:
+                    job = (await http.get(dry.headers["location"], headers=auth)).json()
+                    return bool(job["status"] == "finished" and job["result"]["replayed"] == 0)
+
+                await wait_for(dry_run_ended, 60, "the dry run to end, with nothing left to replay")

@@ -28,8 +28,8 @@ async def dry_run_or_start(console: Console, request: Request, session: Session,
     """Step `dry` (the default): show what the replay would do and ask to confirm. Step `confirm`: start it in
     the background and go to its page. `fields` are posted again with the confirmation."""
     if form.get("step") == "confirm":
-        job = console.jobs.start(replay_request, expected=int(form.get("expected") or 0) or None)
-        return RedirectResponse(f"{console_root(request)}/replays/{quote(job.run_id, safe='')}", 303)
+        job = console.jobs.start_replay(replay_request, expected=int(form.get("expected") or 0) or None)
+        return RedirectResponse(f"{console_root(request)}/replays/{quote(job.id, safe='')}", 303)
     report = await replay(console.settings, console.log, console.db, replay_request, stripe=console.stripe,
                           dry_run=True)
     return console.render(request, "replay_confirm.html", {

@@ -1,0 +1,191 @@
+"""Replays and DLQ purges asked for over HTTP run as background jobs of `processor run`'s app: POST answers 202
+with a Location at once, however long the job takes; a process runs a bounded number of jobs and refuses more;
+shutdown cancels running jobs and marks them interrupted.
+
+The jobs are held on a gate the test controls: a lock on `dlq_replays` (every replay of the DLQ and every purge
+reads it first), taken by the test's own connection, so "the job is still running" needs no timing."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest_asyncio
+from starlette.applications import Starlette
+
+from processor import constants as c
+from processor.db.pool import Database
+from processor.dev.emulator.config import EmulatorConfig
+from processor.dev.emulator.runner import running_emulator
+from processor.eventlog.postgres.log import PostgresEventLog
+from processor.operations.jobs import MAX_RUNNING_JOBS
+from processor.operations.replay import list_replay_runs
+from processor.runtime.service import build_http_app
+from processor.runtime.serving import serving
+from processor.settings import Secret, Settings
+from processor.stripe_api.client import StripeApi
+from tests.support.console_harness import wait_for
+
+TOKEN = "tok_jobs_test_0123456789abcdef"
+
+
+@dataclasses.dataclass
+class Served:
+    settings: Settings
+    app: Starlette
+    log: PostgresEventLog
+
+
+@pytest_asyncio.fixture
+async def app(pg_settings: Settings, database: Database, pg_log: PostgresEventLog) -> AsyncIterator[Served]:
+    """`processor run`'s HTTP app (not yet serving) on this test's database and PostgreSQL-table log."""
+    async with running_emulator(EmulatorConfig()) as emu:
+        settings = dataclasses.replace(
+            pg_settings, stripe_api_key=Secret(emu.api_key), stripe_api_base=emu.base_url,
+            api_tokens=(Secret(TOKEN),), signing_key=Secret("jobs-signing-key-0123456789"),
+            stripe_webhook_secrets=(Secret("whsec_jobs_0123456789"),),
+        )
+        await pg_log.ensure_topics([settings.topic(c.TOPIC_EVENTS), settings.topic(c.TOPIC_DLQ)])
+        async with StripeApi(settings) as stripe:
+            yield Served(settings, build_http_app(settings, pg_log, database, stripe), pg_log)
+
+
+@contextlib.asynccontextmanager
+async def client(served: Served) -> AsyncIterator[httpx.AsyncClient]:
+    async with serving(served.app, lifespan="on") as url, httpx.AsyncClient(
+        base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60
+    ) as http:
+        yield http
+
+
+@contextlib.asynccontextmanager
+async def gate(pg_dsn: str) -> AsyncIterator[None]:
+    """While open, every job that reads `dlq_replays` waits."""
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE dlq_replays IN ACCESS EXCLUSIVE MODE")
+            yield
+    finally:
+        await conn.close()
+
+
+async def dead_letter(served: Served, event_id: str) -> str:
+    """Publish one dead-lettered record; its coordinate."""
+    body = (b'{"id": "%s", "object": "v2.core.event", "type": "v2.core.claimable_sandbox.updated",'
+            b' "related_object": {"id": "csb_jobs", "type": "v2.core.claimable_sandbox"}}' % event_id.encode())
+    headers = [(c.H_ERROR_CLASS, b"ValidationError"), (c.H_ERROR_MESSAGE, b"a test dead letter"),
+               (c.H_ATTEMPTS, b"1"), (c.H_EVENT_ID, event_id.encode())]
+    record = await served.log.publish(served.settings.topic(c.TOPIC_DLQ), b"csb_jobs", body, headers)
+    return f"{record.partition}:{record.offset}"
+
+
+async def finished(http: httpx.AsyncClient, location: str) -> dict[str, Any]:
+    """The job at `location` once it has ended."""
+    state: dict[str, Any] = {}
+
+    async def ended() -> bool:
+        answer = await http.get(location)
+        assert answer.status_code == 200, answer.text
+        state.update(answer.json())
+        return bool(state["status"] != "running")
+
+    await wait_for(ended, f"the job at {location} to end")
+    return state
+
+
+async def test_replay_and_purge_answer_202_while_the_job_still_runs(app: Served, pg_dsn: str) -> None:
+    """POST /v1/ops/replay and /v1/ops/dlq/purge answer 202 with a Location while their job is held; the job's
+    page shows it running, then its result; the run is listed with the others."""
+    replayed_one = await dead_letter(app, "evt_jobs_1")
+    async with client(app) as http:
+        async with gate(pg_dsn):
+            started = await http.post("/v1/ops/replay", json={"source": "dlq"})
+            assert started.status_code == 202, started.text
+            location = started.headers["location"]
+            assert location == f"/v1/ops/replays/{started.json()['id']}"
+            held = await http.get(location)
+            assert (held.status_code, held.json()["status"]) == (200, "running")
+        report = await finished(http, location)
+        assert (report["status"], report["result"]["replayed"], report["error"]) == ("finished", 1, None)
+        listed = (await http.get("/v1/ops/replays")).json()["data"]
+        assert [(run["id"], run["status"]) for run in listed] == [(report["id"], "finished")]
+        assert (await http.get("/v1/ops/replays/replay-dlq-unknown")).status_code == 404
+
+        purged_one = await dead_letter(app, "evt_jobs_2")
+        async with gate(pg_dsn):
+            started = await http.post("/v1/ops/dlq/purge", json={"confirm": True, "coordinates": [purged_one]})
+            assert started.status_code == 202, started.text
+            location = started.headers["location"]
+            assert (await http.get(location)).json()["status"] == "running"
+        purge = await finished(http, location)
+        assert (purge["status"], purge["result"]) == ("finished", {"purged": 1, "deleted_from_log": True})
+        open_ones = (await http.get("/v1/ops/dlq")).json()["data"]
+        assert open_ones == [] and replayed_one != purged_one
+
+
+async def test_jobs_beyond_the_limit_are_refused_not_queued(app: Served, pg_dsn: str) -> None:
+    """With MAX_RUNNING_JOBS jobs held, another POST is 429 jobs_busy and the same replay run again is 409;
+    once they end, a new job starts."""
+    await dead_letter(app, "evt_jobs_3")
+    async with client(app) as http:
+        async with gate(pg_dsn):
+            # dry runs of other selections (a dry run takes the lock of the run it previews)
+            held = [await http.post("/v1/ops/replay", json={"source": "dlq", "event_type": f"t{n}",
+                                                             "dry_run": True}) for n in range(MAX_RUNNING_JOBS - 1)]
+            held.append(await http.post("/v1/ops/replay", json={"source": "dlq"}))
+            assert [answer.status_code for answer in held] == [202] * MAX_RUNNING_JOBS
+            busy = await http.post("/v1/ops/dlq/purge", json={"confirm": True})
+            assert (busy.status_code, busy.headers["content-type"]) == (429, "application/problem+json")
+            assert busy.json()["code"] == "jobs_busy" and "try again" in busy.json()["detail"]
+            again = await http.post("/v1/ops/replay", json={"source": "dlq"})
+            assert (again.status_code, again.json()["code"]) == (409, "replay_in_progress")
+            jobs = (await http.get("/v1/ops/jobs")).json()["data"]
+            assert sorted(job["status"] for job in jobs) == ["running"] * MAX_RUNNING_JOBS
+        for answer in held:
+            assert (await finished(http, answer.headers["location"]))["status"] == "finished"
+        after = await http.post("/v1/ops/dlq/purge", json={"confirm": True})
+        assert after.status_code == 202, after.text
+        ended = await finished(http, after.headers["location"])
+        assert (ended["status"], ended["result"]["purged"]) == ("finished", 0)  # the replay resolved the record
+
+
+async def test_shutdown_stops_running_jobs_and_marks_them_interrupted(
+    app: Served, pg_dsn: str, database: Database
+) -> None:
+    """A replay still running when the server shuts down ends, listed as interrupted (not running) in the
+    runs every process sees, and the process starts no new job."""
+    await dead_letter(app, "evt_jobs_4")
+    async with gate(pg_dsn):
+        async with client(app) as http:
+            started = await http.post("/v1/ops/replay", json={"source": "dlq"})
+            assert started.status_code == 202, started.text
+            run_id = started.json()["id"]
+
+            async def holds_its_lock() -> bool:
+                runs = await list_replay_runs(database, run_id=run_id)
+                return bool(runs) and runs[0].status == "running"
+
+            await wait_for(holds_its_lock, "the replay to take its run lock")
+        # the server has shut down, the gate is still held: the job did not end by itself
+        job = app.app.state.operator_jobs.get(run_id)
+        assert job is not None and job.status == "interrupted"
+        assert [run.status for run in await list_replay_runs(database, run_id=run_id)] == ["interrupted"]
+        late = await_refused(app)
+    assert late == "shutting_down"
+
+
+def await_refused(app: Served) -> str:
+    """The code of the error a job started after shutdown raises."""
+    from processor.operations.jobs import ShuttingDown
+    from processor.operations.replay import ReplayRequest
+
+    try:
+        app.app.state.operator_jobs.start_replay(ReplayRequest("dlq"))
+    except ShuttingDown as exc:
+        return exc.code
+    return "started"
