@@ -20,6 +20,7 @@ from processor.db.pool import Database
 from processor.eventlog.base import EventLog
 from processor.runtime.metrics import WorkerMetrics
 from processor.settings import Settings
+from processor.stripe_api.budget import read_budget
 
 log = logging.getLogger(__name__)
 
@@ -136,15 +137,19 @@ async def refresh_gauges(
     settings: Settings, log_: EventLog, db: Database, metrics: WorkerMetrics, stop: asyncio.Event,
     interval_s: float = REFRESH_INTERVAL_S,
 ) -> None:
-    """Keep the group lag per partition and the pending outbox gauges current until `stop` is set."""
+    """Keep the group lag per partition, the pending outbox and the Stripe budget gauges current until `stop`
+    is set."""
     while not stop.is_set():
         try:
             status = await read_status(settings, log_, db)
+            budget = await read_budget(settings, db.pool)
         except Exception as exc:  # a gauge must never take the worker down; the debug log says why
             log.debug("status gauges not refreshed: %s", exc)
         else:
             for part in status.partitions:
                 metrics.group_lag.labels(partition=str(part.partition)).set(part.lag)
             metrics.outbox_pending.set(status.outbox_pending)
+            if budget is not None:
+                metrics.budget.show(budget)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)

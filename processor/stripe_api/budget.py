@@ -133,6 +133,27 @@ class BudgetMetrics:
             "Queries to PostgreSQL the shared budget made (what the budget costs per request).",
             registry=registry,
         )
+        self.tokens = Gauge(
+            "processor_stripe_budget_tokens",
+            "Tokens in the key's shared budget now (negative while paused after a 429).",
+            registry=registry,
+        )
+        self.rate = Gauge(
+            "processor_stripe_budget_rate",
+            "Requests per second the key's shared budget lets through now (less after a 429).",
+            registry=registry,
+        )
+        self.is_throttled = Gauge(
+            "processor_stripe_budget_throttled",
+            "1 while the key's shared budget is paused or slowed after a 429, else 0.",
+            registry=registry,
+        )
+
+    def show(self, level: BudgetLevel) -> None:
+        """Set the level gauges to what `read_budget` read."""
+        self.tokens.set(level.tokens)
+        self.rate.set(level.rate)
+        self.is_throttled.set(1 if level.throttled else 0)
 
 
 class Budget:
@@ -242,6 +263,49 @@ class SharedBudget(Budget):
         if now - self._warned_at >= FALLBACK_WARN_EVERY_S:
             self._warned_at = now
             log.warning("Stripe budget in PostgreSQL unavailable, this process limits itself alone: %s", exc)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLevel:
+    """The key's shared budget as every process sees it now (what the metrics and the console show)."""
+
+    limit_rps: float
+    capacity: float
+    #: tokens now, refill included: below 0 while a 429's pause lasts
+    tokens: float
+    #: requests per second let through now: the plan's rate, times the slow factor after a 429
+    rate: float
+    #: 1.0, or less while the rate climbs back after a 429
+    slow_factor: float
+
+    @property
+    def paused_s(self) -> float:
+        """Seconds until the next token after a 429's pause (0 when not paused)."""
+        return max(0.0, -self.tokens / self.rate)
+
+    @property
+    def throttled(self) -> bool:
+        return self.slow_factor < 1.0 or self.tokens < 0
+
+
+async def read_budget(settings: Settings, pool: asyncpg.Pool) -> BudgetLevel | None:
+    """The level of the configured key's shared budget, read without taking a token (None: no API key). A key
+    nobody used yet has a full bucket, as `stripe_budget_take` would create it."""
+    if settings.stripe_api_key is None:
+        return None
+    plan = BudgetPlan.from_settings(settings)
+    # the refill arithmetic of stripe_budget_take (migration 0007), on the database's clock
+    row = await pool.fetchrow(
+        "SELECT b.tokens, greatest(0, extract(epoch FROM clock_timestamp() - b.updated_at)) AS age,"
+        " stripe_budget_factor(b, clock_timestamp(), $2) AS factor FROM stripe_budget b WHERE b.key = $1",
+        budget_key(settings.stripe_api_key), RECOVERY_S,
+    )  # fmt: skip
+    if row is None:
+        return BudgetLevel(plan.limit_rps, plan.capacity, plan.capacity, plan.rate, 1.0)
+    factor = float(row["factor"])
+    rate = plan.rate * factor
+    tokens = min(plan.capacity, float(row["tokens"]) + float(row["age"]) * rate)
+    return BudgetLevel(plan.limit_rps, plan.capacity, tokens, rate, factor)
 
 
 def shared_budget(settings: Settings, pool: asyncpg.Pool, metrics: BudgetMetrics | None = None) -> Budget:

@@ -16,7 +16,7 @@ from processor.db.pool import Database
 from processor.dev.emulator import EmulatorConfig, Knobs, RunningEmulator, running_emulator
 from processor.errors import StripeError
 from processor.settings import Secret, Settings
-from processor.stripe_api.budget import Budget, BudgetMetrics, Priority, shared_budget
+from processor.stripe_api.budget import Budget, BudgetMetrics, BudgetPlan, Priority, read_budget, shared_budget
 from processor.stripe_api.client import StripeApi
 
 
@@ -109,6 +109,14 @@ async def test_a_429_slows_every_client_of_the_key(pg_settings: Settings) -> Non
                                                return_exceptions=True)
             # what every client of the key reads when it takes a token: the rate halved
             factor = await two.pool.fetchval("SELECT slow_factor FROM stripe_budget")
+            # and what the other process's gauges show (refreshed from the row as its workers do): slowed, the
+            # rate climbing back over RECOVERY_S
+            level = await read_budget(settings, two.pool)
+            registry = CollectorRegistry()
+            assert level is not None
+            BudgetMetrics(registry).show(level)
     assert any(isinstance(a, StripeError) and a.status == 429 for a in answers)
     assert metrics.throttled._value.get() >= 1
     assert factor == pytest.approx(0.5, abs=0.01)  # halved once per wave of 429s, however many met it
+    assert registry.get_sample_value("processor_stripe_budget_throttled") == 1
+    assert (registry.get_sample_value("processor_stripe_budget_rate") or 0) < BudgetPlan.from_settings(settings).rate

@@ -17,6 +17,7 @@ from processor.ingress.metrics import IngressMetrics
 from processor.operations import dlq as dlq_ops
 from processor.operations.overview import conversions, events_by_outcome, state_counts, transitions_per_hour
 from processor.operations.status import read_status
+from processor.stripe_api.budget import read_budget
 
 if TYPE_CHECKING:
     from processor.console.app import Console
@@ -79,8 +80,8 @@ def routes(console: Console) -> list[BaseRoute]:
             "status": status,
             "dlq_open": await open_dead_letters(console),
             "dlq_topic": console.settings.topic(c.TOPIC_DLQ),
-            "stripe_max_rps": console.settings.stripe_max_rps,
-            "stripe_configured": console.stripe is not None,
+            # the key's budget shared by every process (the row the metrics read too), not this process's share
+            "budget": await read_budget(console.settings, console.db.pool),
         }, session=session)
 
     return [Route("/", page(console, overview), methods=["GET"])]
