@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from processor.console.forms import Form, FormTooLarge, read_form, same_origin
-from processor.console.session import ConsoleAuth, Session, console_root
+from processor.console.session import SIGNIN_ATTEMPTS, ConsoleAuth, Session, console_root
 from processor.db.pool import DATABASE_ERRORS, Database
 from processor.errors import DatabaseUnavailable, ProcessorError
 from processor.eventlog.base import EventLog
@@ -36,6 +36,7 @@ from processor.ingress.metrics import IngressMetrics
 from processor.operations.jobs import OperatorJobs
 from processor.settings import Secret, Settings
 from processor.stripe_api.client import StripeApi
+from processor.tokenbucket import TokenBuckets
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -64,6 +65,8 @@ class Console:
     templates: Jinja2Templates
     jobs: OperatorJobs
     ingress_metrics: IngressMetrics | None
+    #: sign-in attempts per client address (processor/console/views/signin.py)
+    signin_attempts: TokenBuckets = field(default_factory=lambda: TokenBuckets.per_period(SIGNIN_ATTEMPTS, 60.0))
 
     def render(self, request: Request, name: str, context: dict[str, Any], status: int = 200,
                session: Session | None = None) -> Response:

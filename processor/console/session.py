@@ -30,6 +30,10 @@ SIGNIN_COOKIE = "processor_console_signin"
 #: a session lasts one on-call shift; then the token is asked for again
 SESSION_LIFETIME_S = 8 * 3600
 SIGNIN_LIFETIME_S = 3600
+#: sign-in attempts a client address may make per minute (bursts of as many, then one every 6 s)
+SIGNIN_ATTEMPTS = 10
+#: an attempt over the cap shuts the form for this client for this long
+LOCKOUT_S = 60
 
 
 class Role(StrEnum):

@@ -14,8 +14,11 @@ from typing import Any
 
 import asyncpg
 from playwright.async_api import BrowserContext, Page
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from processor import constants as c
+from processor.console.app import Console
 from processor.consumer.loop import ConsumerOptions
 from processor.db.pool import Database
 from processor.dev.emulator.config import EmulatorConfig, Knobs
@@ -45,10 +48,17 @@ class Stack:
     emu: RunningEmulator
     db: Database
     log: PostgresEventLog
+    app: Starlette
 
     @property
     def console(self) -> str:
         return f"{self.base_url}/console"
+
+    def console_state(self) -> Console:
+        """The console's own state object inside the running app."""
+        mount = next(r for r in self.app.routes if isinstance(r, Mount) and r.path == "/console")
+        console: Console = mount.app.state.console  # type: ignore[attr-defined]
+        return console
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         conn = await asyncpg.connect(self.dsn)
@@ -100,7 +110,7 @@ async def console_stack(pg_dsn: str) -> AsyncIterator[Stack]:
                 emu.add_webhook_endpoint(f"{url}/webhooks/stripe", WEBHOOK_SECRET)
                 worker = asyncio.create_task(run_worker(settings, event_log, db, stop, options))
                 try:
-                    yield Stack(url, settings, pg_dsn, emu, db, event_log)
+                    yield Stack(url, settings, pg_dsn, emu, db, event_log, app)
                 finally:
                     stop.set()
                     await asyncio.wait_for(worker, 30)

@@ -18,24 +18,21 @@ from starlette.routing import BaseRoute, Route
 
 from processor.console.forms import FormTooLarge, read_form, same_origin
 from processor.console.session import (
+    LOCKOUT_S,
     SESSION_COOKIE,
     SESSION_LIFETIME_S,
+    SIGNIN_ATTEMPTS,
     SIGNIN_COOKIE,
     SIGNIN_LIFETIME_S,
     clear_cookie,
     console_root,
     set_cookie,
 )
-from processor.tokenbucket import TokenBuckets
 
 if TYPE_CHECKING:
     from processor.console.app import Console
 
 log = logging.getLogger(__name__)
-#: sign-in attempts a client address may make per minute (bursts of as many, then one every 6 s)
-SIGNIN_ATTEMPTS = 10
-#: an attempt over the cap shuts the form for this client for this long
-LOCKOUT_S = 60
 
 
 class SignIn:
@@ -43,7 +40,6 @@ class SignIn:
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.attempts = TokenBuckets.per_period(SIGNIN_ATTEMPTS, 60.0)
 
     def form_page(self, request: Request, nonce: str, status: int = 200, error: str | None = None) -> Response:
         auth = self.console.auth
@@ -83,10 +79,11 @@ class SignIn:
     def _over_the_cap(self, request: Request, nonce: str) -> Response | None:
         """The 429 page when this client made too many attempts, else None (and the attempt is counted)."""
         client = request.client.host if request.client else "unknown"
-        if self.attempts.take(client) == 0:
+        attempts = self.console.signin_attempts
+        if attempts.take(client) == 0:
             return None
         # locked out for a whole minute from this attempt on: hammering on keeps the door shut
-        self.attempts.drain(client, LOCKOUT_S)
+        attempts.drain(client, LOCKOUT_S)
         log.warning("console: more than %d sign-in attempts a minute from %s: refused for %d s",
                     SIGNIN_ATTEMPTS, client, LOCKOUT_S)
         response = self.form_page(request, nonce, 429, f"Too many sign-in attempts. Try again in {LOCKOUT_S} seconds.")
