@@ -22,12 +22,15 @@ the limits in a subclass of uvicorn's protocol, where the bytes arrive:
 from __future__ import annotations
 
 import asyncio
+import logging
 import resource
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger(__name__)
 
 #: after a refusal, what the client still sends is read and dropped for this long before closing, so that the
 #: answer is not lost to the reset a close with unread data causes (a "lingering close", as nginx does)
@@ -104,7 +107,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         for connection in list(connections):
             deadline = getattr(connection, "_deadline", None)
             if deadline is not None and deadline <= now:
-                connection._late()
+                try:
+                    connection._late()
+                except Exception:  # one connection's failure must not end the sweep: no timeout would hold
+                    log.exception("closing a connection past its deadline failed")
+                    connection.transport.close()
         if connections:
             self.loop.call_later(SWEEP_INTERVAL_S, self._sweep, connections, sweeping)
         else:
@@ -180,11 +187,15 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self.cycle.disconnected = True  # the app's receive() sees a disconnect; its answer goes nowhere
             self.cycle.message_event.set()
         self._lingering = True
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-            self.loop.call_later(LINGER_S, self.transport.close)
-        else:
+        if not self.transport.can_write_eof():
             self.transport.close()
+            return
+        try:
+            self.transport.write_eof()
+        except OSError:  # the peer reset the connection before we answered: nothing to linger for
+            self.transport.close()
+            return
+        self.loop.call_later(LINGER_S, self.transport.close)
 
     def data_received(self, data: bytes) -> None:
         if self._lingering or self.transport.is_closing():

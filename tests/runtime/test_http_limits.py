@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from starlette.applications import Starlette
+from uvicorn.config import Config
+from uvicorn.server import ServerState
 
 from processor.ingress.app import build_app
 from processor.ingress.signature import sign
+from processor.runtime.httplimits import HttpLimits, LimitedHttpProtocol
 from processor.runtime.serving import serving
 from processor.settings import Secret, Settings
 
@@ -192,3 +195,54 @@ async def test_a_post_asking_to_upgrade_is_answered_at_once() -> None:
         response = await exchange(address, request)
         assert 400 <= status(response) < 500
         assert time.monotonic() - started < 8  # the ingress's own body deadline (10 s) is not what ended it
+
+
+class _Transport(asyncio.Transport):
+    """A connection's transport as the protocol sees it; `reset` is a peer that reset the connection before
+    the answer, so that shutting down the write side fails (ENOTCONN), as a real socket's does."""
+
+    def __init__(self, *, reset: bool) -> None:
+        super().__init__()
+        self.reset, self.closed, self.written = reset, False, b""
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        if self.reset:
+            raise OSError(107, "Transport endpoint is not connected")
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def _until(check: Callable[[], bool], within_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while not check() and time.monotonic() < deadline:  # noqa: ASYNC110 (the server's sweep timer sets no event)
+        await asyncio.sleep(0.05)
+    return check()
+
+
+async def test_a_peer_gone_before_its_408_does_not_end_the_timeouts_of_the_others() -> None:
+    """A silent connection whose peer reset it before the 408 is closed, and a silent connection that comes
+    after it still gets its 408: the deadlines keep being enforced (the sweep died on the first one's error,
+    and no timeout fired again for the server's life)."""
+    config = Config(ingress_app(), lifespan="off")
+    config.load()
+    protocol = LimitedHttpProtocol.with_limits(HttpLimits(head_timeout_s=0.01))
+    state = ServerState()
+    gone, later = _Transport(reset=True), _Transport(reset=False)
+    protocol(config=config, server_state=state, app_state={}).connection_made(gone)
+    assert await _until(lambda: gone.written.startswith(b"HTTP/1.1 408 ")), gone.written
+    assert await _until(lambda: gone.closed)
+    protocol(config=config, server_state=state, app_state={}).connection_made(later)
+    assert await _until(lambda: later.written.startswith(b"HTTP/1.1 408 ")), later.written
