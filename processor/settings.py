@@ -7,7 +7,7 @@ PostgreSQL under the data directory and the PostgreSQL-table event log.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -126,63 +126,8 @@ class Settings:
             value = env.get(name)
             return value.strip() if value is not None and value.strip() else None
 
-        kwargs: dict[str, object] = {}
-        if raw := get("PROCESSOR_DATABASE_URL"):
-            _parse_url("PROCESSOR_DATABASE_URL", raw, ("postgresql", "postgres"))
-            kwargs["database_url"] = Secret(raw)
-        if raw := get("PROCESSOR_DATA_DIR"):
-            kwargs["data_dir"] = Path(raw)
-        if raw := get("PROCESSOR_KAFKA_BOOTSTRAP_SERVERS"):
-            kwargs["kafka_bootstrap_servers"] = _parse_bootstrap("PROCESSOR_KAFKA_BOOTSTRAP_SERVERS", raw)
-        kwargs["kafka_security"] = KafkaSecurity.from_env(get)
-        if raw := get("PROCESSOR_TOPIC_PREFIX"):
-            if not all(ch.isalnum() or ch in "._-" for ch in raw):
-                raise ConfigError("PROCESSOR_TOPIC_PREFIX", "may only contain letters, digits, '.', '_', '-'")
-            kwargs["topic_prefix"] = raw
-        if raw := get("PROCESSOR_EMBEDDED_PARTITIONS"):
-            kwargs["embedded_partitions"] = int(_parse_number("PROCESSOR_EMBEDDED_PARTITIONS", raw, int, 1))
-        if raw := get("STRIPE_API_KEY"):
-            kwargs["stripe_api_key"] = Secret(raw)
-        if raw := get("STRIPE_WEBHOOK_SECRETS"):
-            kwargs["stripe_webhook_secrets"] = tuple(Secret(s) for s in _split(raw))
-        if raw := get("STRIPE_API_BASE"):
-            kwargs["stripe_api_base"] = _parse_url("STRIPE_API_BASE", raw, ("http", "https"))
-        if raw := get("PROCESSOR_STRIPE_MAX_RPS"):
-            kwargs["stripe_max_rps"] = _parse_number("PROCESSOR_STRIPE_MAX_RPS", raw, float, 0.1)
-        if raw := get("PROCESSOR_STRIPE_HEADROOM"):
-            headroom = _parse_number("PROCESSOR_STRIPE_HEADROOM", raw, float, 0.0)
-            if headroom >= 0.9:
-                raise ConfigError("PROCESSOR_STRIPE_HEADROOM", "must be below 0.9 (a share of the key's limit)")
-            kwargs["stripe_headroom"] = headroom
-        if raw := get("PROCESSOR_PUBLIC_URL"):
-            kwargs["public_url"] = _parse_url("PROCESSOR_PUBLIC_URL", raw, ("http", "https"))
-        if raw := get("PROCESSOR_API_TOKENS"):
-            kwargs["api_tokens"] = tuple(Secret(s) for s in _split(raw))
-        if raw := get("PROCESSOR_CONSOLE_READONLY_TOKENS"):
-            kwargs["console_readonly_tokens"] = tuple(Secret(s) for s in _split(raw))
-        if raw := get("PROCESSOR_SIGNING_KEY"):
-            if len(raw) < 16:
-                raise ConfigError("PROCESSOR_SIGNING_KEY", "must be at least 16 characters")
-            kwargs["signing_key"] = Secret(raw)
-        if raw := get("PROCESSOR_HOST"):
-            kwargs["host"] = raw
-        if raw := get("PROCESSOR_PORT"):
-            kwargs["port"] = _parse_port("PROCESSOR_PORT", raw)
-        if raw := get("PROCESSOR_MAX_BODY_BYTES"):
-            kwargs["max_body_bytes"] = int(_parse_number("PROCESSOR_MAX_BODY_BYTES", raw, int, 1))
-        if raw := get("PROCESSOR_MAX_BODY_BYTES_IN_FLIGHT"):
-            kwargs["max_body_bytes_in_flight"] = int(
-                _parse_number("PROCESSOR_MAX_BODY_BYTES_IN_FLIGHT", raw, int, c.DEFAULT_MAX_BODY_BYTES))
-        if raw := get("PROCESSOR_MAX_CONNECTIONS"):
-            kwargs["max_connections"] = int(_parse_number("PROCESSOR_MAX_CONNECTIONS", raw, int, 1))
-        if raw := get("PROCESSOR_HEAD_TIMEOUT"):
-            kwargs["head_timeout_s"] = _parse_number("PROCESSOR_HEAD_TIMEOUT", raw, float, 0.1)
-        if raw := get("PROCESSOR_METRICS_PORT"):
-            kwargs["metrics_port"] = _parse_port("PROCESSOR_METRICS_PORT", raw)
-        if raw := get("STRIPE_WEBHOOK_TOLERANCE"):
-            kwargs["signature_tolerance_s"] = int(_parse_number("STRIPE_WEBHOOK_TOLERANCE", raw, int, 1))
-        if raw := get("PROCESSOR_PUBLISH_TIMEOUT"):
-            kwargs["publish_timeout_s"] = _parse_number("PROCESSOR_PUBLISH_TIMEOUT", raw, float, 0.01)
+        # read in this order, so that of several bad variables the same one is named every time
+        kwargs = {**_storage_options(get), **_stripe_options(get), **_access_options(get), **_server_options(get)}
         kwargs["extra"] = {k: v for k, v in env.items() if k.startswith(("PROCESSOR_", "STRIPE_"))}
         return cls(**kwargs)  # type: ignore[arg-type]
 
@@ -194,3 +139,87 @@ class Settings:
     def topic(self, name: str) -> str:
         """The full name of one of the topics in `constants.ALL_TOPICS`."""
         return f"{self.topic_prefix}{name}"
+
+
+#: reads one variable, stripped; None when unset or blank
+_Getter = Callable[[str], str | None]
+
+
+def _storage_options(get: _Getter) -> dict[str, object]:
+    """Where state lives: the database, the data directory, the Kafka cluster and its topics."""
+    kwargs: dict[str, object] = {}
+    if raw := get("PROCESSOR_DATABASE_URL"):
+        _parse_url("PROCESSOR_DATABASE_URL", raw, ("postgresql", "postgres"))
+        kwargs["database_url"] = Secret(raw)
+    if raw := get("PROCESSOR_DATA_DIR"):
+        kwargs["data_dir"] = Path(raw)
+    if raw := get("PROCESSOR_KAFKA_BOOTSTRAP_SERVERS"):
+        kwargs["kafka_bootstrap_servers"] = _parse_bootstrap("PROCESSOR_KAFKA_BOOTSTRAP_SERVERS", raw)
+    kwargs["kafka_security"] = KafkaSecurity.from_env(get)
+    if raw := get("PROCESSOR_TOPIC_PREFIX"):
+        if not all(ch.isalnum() or ch in "._-" for ch in raw):
+            raise ConfigError("PROCESSOR_TOPIC_PREFIX", "may only contain letters, digits, '.', '_', '-'")
+        kwargs["topic_prefix"] = raw
+    if raw := get("PROCESSOR_EMBEDDED_PARTITIONS"):
+        kwargs["embedded_partitions"] = int(_parse_number("PROCESSOR_EMBEDDED_PARTITIONS", raw, int, 1))
+    return kwargs
+
+
+def _stripe_options(get: _Getter) -> dict[str, object]:
+    """The Stripe account: API key, webhook secrets, API base and the share of the key's rate limit."""
+    kwargs: dict[str, object] = {}
+    if raw := get("STRIPE_API_KEY"):
+        kwargs["stripe_api_key"] = Secret(raw)
+    if raw := get("STRIPE_WEBHOOK_SECRETS"):
+        kwargs["stripe_webhook_secrets"] = tuple(Secret(s) for s in _split(raw))
+    if raw := get("STRIPE_API_BASE"):
+        kwargs["stripe_api_base"] = _parse_url("STRIPE_API_BASE", raw, ("http", "https"))
+    if raw := get("PROCESSOR_STRIPE_MAX_RPS"):
+        kwargs["stripe_max_rps"] = _parse_number("PROCESSOR_STRIPE_MAX_RPS", raw, float, 0.1)
+    if raw := get("PROCESSOR_STRIPE_HEADROOM"):
+        headroom = _parse_number("PROCESSOR_STRIPE_HEADROOM", raw, float, 0.0)
+        if headroom >= 0.9:
+            raise ConfigError("PROCESSOR_STRIPE_HEADROOM", "must be below 0.9 (a share of the key's limit)")
+        kwargs["stripe_headroom"] = headroom
+    return kwargs
+
+
+def _access_options(get: _Getter) -> dict[str, object]:
+    """Who may call the API and the console: the public URL, the tokens and the signing key."""
+    kwargs: dict[str, object] = {}
+    if raw := get("PROCESSOR_PUBLIC_URL"):
+        kwargs["public_url"] = _parse_url("PROCESSOR_PUBLIC_URL", raw, ("http", "https"))
+    if raw := get("PROCESSOR_API_TOKENS"):
+        kwargs["api_tokens"] = tuple(Secret(s) for s in _split(raw))
+    if raw := get("PROCESSOR_CONSOLE_READONLY_TOKENS"):
+        kwargs["console_readonly_tokens"] = tuple(Secret(s) for s in _split(raw))
+    if raw := get("PROCESSOR_SIGNING_KEY"):
+        if len(raw) < 16:
+            raise ConfigError("PROCESSOR_SIGNING_KEY", "must be at least 16 characters")
+        kwargs["signing_key"] = Secret(raw)
+    return kwargs
+
+
+def _server_options(get: _Getter) -> dict[str, object]:
+    """The HTTP server: address, ports, what a request may hold and how long an answer may wait."""
+    kwargs: dict[str, object] = {}
+    if raw := get("PROCESSOR_HOST"):
+        kwargs["host"] = raw
+    if raw := get("PROCESSOR_PORT"):
+        kwargs["port"] = _parse_port("PROCESSOR_PORT", raw)
+    if raw := get("PROCESSOR_MAX_BODY_BYTES"):
+        kwargs["max_body_bytes"] = int(_parse_number("PROCESSOR_MAX_BODY_BYTES", raw, int, 1))
+    if raw := get("PROCESSOR_MAX_BODY_BYTES_IN_FLIGHT"):
+        kwargs["max_body_bytes_in_flight"] = int(
+            _parse_number("PROCESSOR_MAX_BODY_BYTES_IN_FLIGHT", raw, int, c.DEFAULT_MAX_BODY_BYTES))
+    if raw := get("PROCESSOR_MAX_CONNECTIONS"):
+        kwargs["max_connections"] = int(_parse_number("PROCESSOR_MAX_CONNECTIONS", raw, int, 1))
+    if raw := get("PROCESSOR_HEAD_TIMEOUT"):
+        kwargs["head_timeout_s"] = _parse_number("PROCESSOR_HEAD_TIMEOUT", raw, float, 0.1)
+    if raw := get("PROCESSOR_METRICS_PORT"):
+        kwargs["metrics_port"] = _parse_port("PROCESSOR_METRICS_PORT", raw)
+    if raw := get("STRIPE_WEBHOOK_TOLERANCE"):
+        kwargs["signature_tolerance_s"] = int(_parse_number("STRIPE_WEBHOOK_TOLERANCE", raw, int, 1))
+    if raw := get("PROCESSOR_PUBLISH_TIMEOUT"):
+        kwargs["publish_timeout_s"] = _parse_number("PROCESSOR_PUBLISH_TIMEOUT", raw, float, 0.01)
+    return kwargs
