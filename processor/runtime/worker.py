@@ -73,27 +73,9 @@ async def run_worker(
     options = options or WorkerOptions()
     metrics = metrics or WorkerMetrics()
     status = status if status is not None else WorkerStatus()
-    signal_ = asyncio.Event()
     async with contextlib.AsyncExitStack() as stack:
-        tasks: list[asyncio.Task[None]] = []
-        consumer: LifecycleConsumer | None = None
-        relay: OutboxRelay | None = None
         relay_stop = asyncio.Event()
-        if options.consume:
-            budget = shared_budget(settings, db.pool, metrics.budget)
-            stripe = await stack.enter_async_context(
-                StripeApi(settings, on_response=metrics.observe_stripe, budget=budget)
-            )
-            consumer = LifecycleConsumer(
-                settings, log_, db, stripe, metrics=metrics, options=options.consumer, outbox_signal=signal_
-            )
-            tasks.append(asyncio.create_task(consumer.run(stop), name="lifecycle-consumer"))
-        if options.relay:
-            relay = OutboxRelay(log_, db, role=relay_role(settings), metrics=metrics, wakeup=signal_,
-                                batch_size=options.relay_batch)
-            tasks.append(asyncio.create_task(relay.run(relay_stop), name="outbox-relay"))
-        for task in tasks:
-            task.add_done_callback(_say_why)
+        consumer, tasks = await _start_parts(settings, log_, db, options, metrics, stack, stop, relay_stop)
         status.consumer, status.tasks = consumer, tasks
 
         def alive() -> bool:
@@ -106,13 +88,7 @@ async def run_worker(
         gauges_stop = asyncio.Event()
         gauges = asyncio.create_task(refresh_gauges(settings, log_, db, metrics, gauges_stop), name="status-gauges")
         try:
-            consumer_tasks = tasks[:1] if options.consume else []
-            stop_waiter = asyncio.create_task(stop.wait())
-            await asyncio.wait([stop_waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            stop_waiter.cancel()
-            # the consumer finishes its batch first; then the relay drains what that batch committed
-            if consumer_tasks:
-                await asyncio.gather(*consumer_tasks)
+            await _wait_for_stop(stop, tasks, tasks[:1] if options.consume else [])
         finally:
             relay_stop.set()
             stop.set()
@@ -121,6 +97,45 @@ async def run_worker(
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result
+
+
+async def _start_parts(
+    settings: Settings, log_: EventLog, db: Database, options: WorkerOptions, metrics: WorkerMetrics,
+    stack: contextlib.AsyncExitStack, stop: asyncio.Event, relay_stop: asyncio.Event,
+) -> tuple[LifecycleConsumer | None, list[asyncio.Task[None]]]:
+    """Start the consumer (until `stop`) and the relay (until `relay_stop`) the options ask for, consumer first;
+    the consumer wakes the relay when it committed outbox rows."""
+    outbox_signal = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    consumer: LifecycleConsumer | None = None
+    if options.consume:
+        budget = shared_budget(settings, db.pool, metrics.budget)
+        stripe = await stack.enter_async_context(
+            StripeApi(settings, on_response=metrics.observe_stripe, budget=budget)
+        )
+        consumer = LifecycleConsumer(
+            settings, log_, db, stripe, metrics=metrics, options=options.consumer, outbox_signal=outbox_signal
+        )
+        tasks.append(asyncio.create_task(consumer.run(stop), name="lifecycle-consumer"))
+    if options.relay:
+        relay = OutboxRelay(log_, db, role=relay_role(settings), metrics=metrics, wakeup=outbox_signal,
+                            batch_size=options.relay_batch)
+        tasks.append(asyncio.create_task(relay.run(relay_stop), name="outbox-relay"))
+    for task in tasks:
+        task.add_done_callback(_say_why)
+    return consumer, tasks
+
+
+async def _wait_for_stop(
+    stop: asyncio.Event, tasks: list[asyncio.Task[None]], consumer_tasks: list[asyncio.Task[None]]
+) -> None:
+    """Until `stop` is set or a part ends; then until the consumer has finished its batch (the relay, still
+    running, drains what that batch committed)."""
+    stop_waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait([stop_waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    stop_waiter.cancel()
+    if consumer_tasks:
+        await asyncio.gather(*consumer_tasks)
 
 
 async def serve_worker(
