@@ -252,36 +252,15 @@ async def run_service(settings: Settings, stop: asyncio.Event, *, emulator_port:
     async with contextlib.AsyncExitStack() as stack:
         backend = await stack.enter_async_context(_stripe_backend(
             settings, local, emulator or EmulatorOptions(port=emulator_port)))
-        settings, emulator_url = backend.settings, backend.emulator_url
-        db = Database(settings)
-        await db.start(upgrade=True)
-        if db.embedded:
-            # this process owns the embedded server (adopted if a killed run left it): it stops with the service
-            stack.push_async_callback(asyncio.to_thread, stop_embedded_server, settings.data_dir)
-        stack.push_async_callback(db.stop)
+        settings = backend.settings
+        db = await _open_database(stack, settings)
         event_log = await stack.enter_async_context(open_event_log(settings, db))
         await _ensure_topics(settings, event_log)
         worker_metrics, worker_status = WorkerMetrics(), WorkerStatus()
-        # one budget for the key in every process; the API's calls are user-facing, the reconciler's take what
-        # is left (the worker's consumer draws from it too, in `run_worker`)
-        budget = shared_budget(settings, db.pool, worker_metrics.budget)
-        stripe_api = await stack.enter_async_context(StripeApi(settings, budget=budget, priority=Priority.USER))
-        background_stripe = await stack.enter_async_context(
-            StripeApi(settings, budget=budget, priority=Priority.BACKGROUND))
+        stripe_api, background_stripe = await _stripe_clients(stack, settings, db, worker_metrics)
         http_app = build_http_app(settings, event_log, db, stripe_api, worker_metrics, worker_status,
                                   ops_stripe=background_stripe)
-        limits = http_limits(settings)
-        server = uvicorn.Server(server_config(
-            http_app, host=settings.host, port=settings.port, limits=limits,
-            log_level="warning", lifespan="on", timeout_graceful_shutdown=10,
-        ))
-        if settings.metrics_port is not None:
-            metrics_server = uvicorn.Server(server_config(
-                build_metrics_app(http_app), host=settings.host, port=settings.metrics_port, limits=limits,
-                log_level="warning", lifespan="off",
-            ))
-            metrics_task = asyncio.create_task(metrics_server.serve(), name="metrics http")
-            stack.push_async_callback(_stop_server, metrics_server, metrics_task)
+        server = _http_server(stack, settings, http_app)
         worker_stop = asyncio.Event()
         # nobody else restarts a part of this one process: a failed worker is started again, with backoff
         worker = asyncio.create_task(supervise(
@@ -301,27 +280,79 @@ async def run_service(settings: Settings, stop: asyncio.Event, *, emulator_port:
                 break
             await asyncio.sleep(0.02)
         if server.started and on_ready is not None:
-            on_ready(ServiceInfo(
-                base_url=f"http://{settings.host}:{settings.port}",
-                webhook_url=f"{settings.public_url}/webhooks/stripe",
-                log_backend=("PostgreSQL table (embedded)" if settings.embedded_log
-                             else f"Kafka at {','.join(settings.kafka_bootstrap_servers)}"),
-                database=("embedded PostgreSQL under " + str(settings.data_dir / "postgres") if db.embedded
-                          else "PostgreSQL from PROCESSOR_DATABASE_URL"),
-                stripe=f"bundled emulator at {emulator_url}" if emulator_url else settings.stripe_api_base,
-                secrets_file=str(local.path), settings=settings, emulator_url=emulator_url,
-                emulator_token=backend.emulator_token,
-            ))
-        stop_waiter = asyncio.create_task(stop.wait())
-        # while a failed worker waits to restart, /readyz is red; webhooks are still taken and kept in the log
-        await asyncio.wait([stop_waiter, web], return_when=asyncio.FIRST_COMPLETED)
-        stop_waiter.cancel()
-        # stop taking webhooks first (in-flight requests finish), then let the consumer finish its batch
-        server.should_exit = True
-        await asyncio.gather(web, return_exceptions=True)
-        await http_app.state.operator_jobs.stop()  # the lifespan did it; a server that failed to start did not
+            on_ready(_service_info(settings, backend, db, local))
+        await _serve_until_stopped(stop, server, web, http_app)
         worker_stop.set()
         results = await asyncio.gather(worker, web, *([reconciler] if reconciler else []), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result
+
+
+async def _open_database(stack: contextlib.AsyncExitStack, settings: Settings) -> Database:
+    """The database, migrated; it stops with `stack`."""
+    db = Database(settings)
+    await db.start(upgrade=True)
+    if db.embedded:
+        # this process owns the embedded server (adopted if a killed run left it): it stops with the service
+        stack.push_async_callback(asyncio.to_thread, stop_embedded_server, settings.data_dir)
+    stack.push_async_callback(db.stop)
+    return db
+
+
+async def _stripe_clients(stack: contextlib.AsyncExitStack, settings: Settings, db: Database,
+                          metrics: WorkerMetrics) -> tuple[StripeApi, StripeApi]:
+    """The Stripe clients of user-facing calls (the API's) and of background ones (the reconciler's, the
+    operator API's); they close with `stack`."""
+    # one budget for the key in every process; the API's calls are user-facing, the reconciler's take what
+    # is left (the worker's consumer draws from it too, in `run_worker`)
+    budget = shared_budget(settings, db.pool, metrics.budget)
+    user = await stack.enter_async_context(StripeApi(settings, budget=budget, priority=Priority.USER))
+    background = await stack.enter_async_context(StripeApi(settings, budget=budget, priority=Priority.BACKGROUND))
+    return user, background
+
+
+def _http_server(stack: contextlib.AsyncExitStack, settings: Settings, http_app: Starlette) -> uvicorn.Server:
+    """The (not yet started) server of `http_app`; with PROCESSOR_METRICS_PORT, /metrics is served on that
+    port from now on, and stops with `stack`."""
+    limits = http_limits(settings)
+    server = uvicorn.Server(server_config(
+        http_app, host=settings.host, port=settings.port, limits=limits,
+        log_level="warning", lifespan="on", timeout_graceful_shutdown=10,
+    ))
+    if settings.metrics_port is not None:
+        metrics_server = uvicorn.Server(server_config(
+            build_metrics_app(http_app), host=settings.host, port=settings.metrics_port, limits=limits,
+            log_level="warning", lifespan="off",
+        ))
+        metrics_task = asyncio.create_task(metrics_server.serve(), name="metrics http")
+        stack.push_async_callback(_stop_server, metrics_server, metrics_task)
+    return server
+
+
+def _service_info(settings: Settings, backend: _Backend, db: Database, local: localsecrets.LocalSecrets) -> ServiceInfo:
+    """What the banner says about a running service."""
+    return ServiceInfo(
+        base_url=f"http://{settings.host}:{settings.port}",
+        webhook_url=f"{settings.public_url}/webhooks/stripe",
+        log_backend=("PostgreSQL table (embedded)" if settings.embedded_log
+                     else f"Kafka at {','.join(settings.kafka_bootstrap_servers)}"),
+        database=("embedded PostgreSQL under " + str(settings.data_dir / "postgres") if db.embedded
+                  else "PostgreSQL from PROCESSOR_DATABASE_URL"),
+        stripe=f"bundled emulator at {backend.emulator_url}" if backend.emulator_url else settings.stripe_api_base,
+        secrets_file=str(local.path), settings=settings, emulator_url=backend.emulator_url,
+        emulator_token=backend.emulator_token,
+    )
+
+
+async def _serve_until_stopped(stop: asyncio.Event, server: uvicorn.Server, web: asyncio.Task[None],
+                               http_app: Starlette) -> None:
+    """Serve until `stop` is set or the server ends; then stop taking webhooks (in-flight requests finish) and
+    the operator jobs (replay, purge), before the caller lets the consumer finish its batch."""
+    stop_waiter = asyncio.create_task(stop.wait())
+    # while a failed worker waits to restart, /readyz is red; webhooks are still taken and kept in the log
+    await asyncio.wait([stop_waiter, web], return_when=asyncio.FIRST_COMPLETED)
+    stop_waiter.cancel()
+    server.should_exit = True
+    await asyncio.gather(web, return_exceptions=True)
+    await http_app.state.operator_jobs.stop()  # the lifespan did it; a server that failed to start did not
