@@ -49,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--public-url", help="URL users reach the emulator at (onboarding links point there)")
     parser.add_argument("--seed", type=int, help="seed the random knobs for a reproducible run")
+    _add_knob_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def _add_knob_options(parser: argparse.ArgumentParser) -> None:
+    """The emulator's misbehaviour knobs, in a group of their own in --help."""
     knobs = parser.add_argument_group("knobs (also changeable at run time: POST /_emulator/config)")
     knobs.add_argument("--duplicate-rate", type=float, default=0.0,
                        help="share of webhooks delivered twice (0 to 1)")
@@ -62,7 +68,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="share of API requests answered with an injected error (0 to 1)")
     knobs.add_argument("--rate-limit", type=float, default=25.0, metavar="RPS", help="0 = unlimited")
     knobs.add_argument("--no-delivery", action="store_true", help="start with webhook delivery off")
-    parser.set_defaults(handler=run)
 
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> EmulatorConfig:
