@@ -93,6 +93,45 @@ def stripe_idempotency_key(key: Secret, principal: Principal, header: str) -> st
     return "sbx-" + hmac.new(key.reveal().encode(), message, hashlib.sha256).hexdigest()
 
 
+async def _create_request(request: Request) -> tuple[str, dict[str, Any]] | Response:
+    """The Idempotency-Key and the creation parameters of a POST /v1/sandboxes, or the problem answer to it."""
+    header = request.headers.get("idempotency-key", "").strip()
+    if not header:
+        return problem(400, "idempotency_key_required", "Send an Idempotency-Key header (e.g. a UUID).")
+    if not _valid_header(header):
+        return problem(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable ASCII characters.")
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        return problem(400, "invalid_json", "The body must be a JSON object.")
+    if not isinstance(body, dict):
+        return problem(400, "invalid_json", "The body must be a JSON object.")
+    try:
+        return header, create_params(body)
+    except InvalidBody as exc:
+        return problem(422, "invalid_parameter", str(exc), param=exc.param)
+
+
+def _created_answer(
+    created: dict[str, Any], renewed: dict[str, Any], signed: str, state: State | None
+) -> dict[str, Any]:
+    """The 201 body: the sandbox, its onboarding link, and its API keys."""
+    link = renewed.get("onboarding_link_details") or {}
+    details = created.get("sandbox_details") or {}
+    return {
+        "id": str(created["id"]),
+        "object": "sandbox",
+        "state": str(state or State.UNCLAIMED),
+        "onboarding_url": link.get("url"),
+        "onboarding_url_expires_at": link.get("expires_at"),
+        "refresh_url": signed,
+        "expires_at": created.get("expires_at"),
+        "sandbox_account": details.get("account"),
+        # shown once: not stored, never logged (see the module docstring)
+        "api_keys": details.get("api_keys"),
+    }
+
+
 def _valid_header(value: str) -> bool:
     return 0 < len(value) <= MAX_IDEMPOTENCY_KEY and value.isascii() and value.isprintable()
 
@@ -108,22 +147,10 @@ class SandboxEndpoints:
         self.public_url = public_url
 
     async def create(self, request: Request, principal: Principal) -> Response:
-        header = request.headers.get("idempotency-key", "").strip()
-        if not header:
-            return problem(400, "idempotency_key_required", "Send an Idempotency-Key header (e.g. a UUID).")
-        if not _valid_header(header):
-            return problem(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable ASCII characters.")
-        try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError:
-            return problem(400, "invalid_json", "The body must be a JSON object.")
-        if not isinstance(body, dict):
-            return problem(400, "invalid_json", "The body must be a JSON object.")
-        try:
-            params = create_params(body)
-        except InvalidBody as exc:
-            return problem(422, "invalid_parameter", str(exc), param=exc.param)
-
+        read = await _create_request(request)
+        if isinstance(read, Response):
+            return read
+        header, params = read
         stripe_key = stripe_idempotency_key(self.key, principal, header)
         fingerprint = hashlib.sha256(orjson.dumps(params, option=orjson.OPT_SORT_KEYS)).hexdigest()
         previous, existed = await self.store.begin_create(stripe_key, fingerprint)
@@ -138,7 +165,24 @@ class SandboxEndpoints:
         if previous.sandbox_id is not None and previous.completed_at is not None:
             if datetime.now(UTC) - previous.completed_at > REPLAY_WINDOW:
                 return await self._from_database(previous.sandbox_id)
+        created, renewed, signed = await self._create_at_stripe(params, stripe_key)
+        sandbox_id = str(created["id"])
+        state = await self.store.state(sandbox_id)
+        if state is None:
+            await register_created(self.applier, self.stripe, {**created, **_link_only(renewed)})
+            state = await self.store.state(sandbox_id)
+        await self.store.complete_create(stripe_key, sandbox_id)
+        log.info("created sandbox %s (replayed=%s)", sandbox_id, replayed)
+        headers = {**_NO_STORE, "Location": f"/v1/sandboxes/{sandbox_id}"}
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return json_response(_created_answer(created, renewed, signed, state), 201, headers)
 
+    async def _create_at_stripe(
+        self, params: dict[str, Any], stripe_key: str
+    ) -> tuple[dict[str, Any], dict[str, Any], str]:
+        """Create the sandbox at Stripe, then renew its onboarding link with our signed refresh URL; return what
+        Stripe answered to each, and that URL."""
         # provisional: replaced by the renew below before anybody sees a link (see the module docstring)
         params["onboarding_link_details"] = {"refresh_url": f"{self.public_url}/sandboxes/onboarding"}
         created = await self.stripe.create_sandbox(params, idempotency_key=stripe_key)
@@ -147,30 +191,7 @@ class SandboxEndpoints:
         renewed = await self.stripe.renew_onboarding_link(
             sandbox_id, {"onboarding_link_details": {"refresh_url": signed}}, idempotency_key=f"{stripe_key}-link"
         )
-        state = await self.store.state(sandbox_id)
-        if state is None:
-            await register_created(self.applier, self.stripe, {**created, **_link_only(renewed)})
-            state = await self.store.state(sandbox_id)
-        await self.store.complete_create(stripe_key, sandbox_id)
-        log.info("created sandbox %s (replayed=%s)", sandbox_id, replayed)
-        link = renewed.get("onboarding_link_details") or {}
-        details = created.get("sandbox_details") or {}
-        answer = {
-            "id": sandbox_id,
-            "object": "sandbox",
-            "state": str(state or State.UNCLAIMED),
-            "onboarding_url": link.get("url"),
-            "onboarding_url_expires_at": link.get("expires_at"),
-            "refresh_url": signed,
-            "expires_at": created.get("expires_at"),
-            "sandbox_account": details.get("account"),
-            # shown once: not stored, never logged (see the module docstring)
-            "api_keys": details.get("api_keys"),
-        }
-        headers = {**_NO_STORE, "Location": f"/v1/sandboxes/{sandbox_id}"}
-        if replayed:
-            headers["Idempotent-Replayed"] = "true"
-        return json_response(answer, 201, headers)
+        return created, renewed, signed
 
     async def _from_database(self, sandbox_id: str) -> Response:
         """A retry after Stripe's idempotency window: what we know, without keys (they were shown once)."""
