@@ -109,6 +109,20 @@ def _record_headers(envelope: Envelope, secret_index: int) -> list[tuple[str, by
     ]
 
 
+def _signature_and_length(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, bytes | None]:
+    """`Stripe-Signature` and `Content-Length` from the request's headers (lower-cased by the server), in one
+    pass; a second Stripe-Signature is refused, as a bad one would be: which one counts would be a guess."""
+    signature = declared = None
+    for name, value in headers:
+        if name == b"stripe-signature":
+            if signature is not None:
+                raise _Rejected(400, DUPLICATE_SIGNATURE)
+            signature = value.decode("latin-1")
+        elif name == b"content-length":
+            declared = value
+    return signature, declared
+
+
 class Ingress:
     """The request handlers of one app, bound to its settings, log and metrics."""
 
@@ -180,14 +194,7 @@ class Ingress:
             # acknowledgement within publish_timeout_s. It cancels only this delivery's task and turns that
             # cancellation into TimeoutError; a server shutdown's cancellation still propagates.
             async with asyncio.timeout(self.body_timeout_s) as deadline:
-                signature = declared = None
-                for name, value in scope["headers"]:  # lower-cased by the server
-                    if name == b"stripe-signature":
-                        if signature is not None:  # which one counts would be a guess: refuse, as for a bad one
-                            raise _Rejected(400, DUPLICATE_SIGNATURE)
-                        signature = value.decode("latin-1")
-                    elif name == b"content-length":
-                        declared = value
+                signature, declared = _signature_and_length(scope["headers"])
                 # the header first: a request without a usable signature costs no body read
                 header = parse_header(signature)
                 body = await self._read_body(receive, declared)
@@ -203,27 +210,29 @@ class Ingress:
                 await self._publish(log, envelope, body, secret_index)
         except TimeoutError:  # only the deadline's: _publish turns a log's own errors into _Rejected
             outcome, response = late
-        except SignatureError as exc:
-            outcome, response = exc.code, _error(400, exc.code)
-        except EnvelopeError as exc:
+        except (SignatureError, EnvelopeError) as exc:
             outcome, response = exc.code, _error(400, exc.code)
         except _Rejected as exc:
             outcome, response = exc.code, _error(exc.status, exc.code, close=exc.close)
         else:
             outcome, response = ACCEPTED, _ACCEPTED
-        elapsed = time.perf_counter() - started
+        self._record(outcome, response.status, event_id, event_type, size, time.perf_counter() - started)
+        await send(response.start)
+        await send(response.body)
+
+    def _record(self, outcome: str, status: int, event_id: str | None, event_type: str | None, size: int,
+                elapsed: float) -> None:
+        """Count the answered delivery in the metrics and write its access-log line."""
         self.metrics.observe(outcome, event_type, elapsed, size)
         fields: dict[str, object] = {
             "event_id": event_id,
             "event_type": event_type,
             "outcome": outcome,
-            "status": response.status,
+            "status": status,
             "bytes": size,
             "ms": int(elapsed * 1_000_000) / 1000,  # to the microsecond, without round(x, 3)'s decimal detour
         }
         log_fields(_logger, logging.INFO if outcome == ACCEPTED else logging.WARNING, "webhook delivery", fields)
-        await send(response.start)
-        await send(response.body)
 
     def attach_log(self, log: EventLog | None) -> None:
         """Publish to `log` from now on (None: answer 503 until one is attached)."""
