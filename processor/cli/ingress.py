@@ -100,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
             lifespan="on",
             log_config=None,  # our log lines, set up by `cli.main` and in each worker
             access_log=False,  # the app logs every delivery with its event id and outcome
+            # the app reads neither the client's address nor the scheme, so X-Forwarded-* need not be looked for
+            # on every request (a second pass over the headers)
+            proxy_headers=False,
             timeout_graceful_shutdown=args.graceful_timeout,
         )
     finally:

@@ -60,11 +60,17 @@ class IngressMetrics:
             registry=self.registry,
         )
         self.bytes = Counter("processor_ingress_bytes", "Webhook body bytes read", registry=self.registry)
+        #: the labelled child of `deliveries` per (outcome, event type label), looked up once: `labels()` takes a
+        #: lock and builds its key on every call. Both labels come from closed sets, so this stays small.
+        self._delivery_counters: dict[tuple[str, str], Counter] = {}
 
     def observe(self, outcome: str, event_type: str | None, seconds: float, size: int) -> None:
         """Record one answered delivery (in multiprocess mode it lands in this worker's files at once)."""
         label = UNKNOWN_TYPE if event_type is None else event_type if event_type in LABELLED_TYPES else OTHER_TYPE
-        self.deliveries.labels(outcome, label).inc()
+        counter = self._delivery_counters.get((outcome, label))
+        if counter is None:
+            counter = self._delivery_counters[outcome, label] = self.deliveries.labels(outcome, label)
+        counter.inc()
         self.latency.observe(seconds)
         self.bytes.inc(size)
 
