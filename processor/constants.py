@@ -54,6 +54,8 @@ DEFAULT_MAX_BODY_BYTES_IN_FLIGHT = 64 * 1024 * 1024
 DEFAULT_MAX_CONNECTIONS = 1000
 #: a client must send a whole request head within this many seconds of connecting (slow-loris bound)
 DEFAULT_HEAD_TIMEOUT_S = 10.0
+#: and a whole body within this many seconds of its head (a Stripe delivery's body comes with its head)
+DEFAULT_BODY_TIMEOUT_S = 10.0
 #: Stripe's own libraries use 300 s; we also reject timestamps this far in the future
 DEFAULT_SIGNATURE_TOLERANCE_S = 300
 #: a publish that has not been acknowledged by then is answered 503 so Stripe retries

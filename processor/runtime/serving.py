@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import uvicorn
 
+from processor import constants as c
 from processor.runtime.httplimits import HttpLimits, LimitedHttpProtocol, connection_cap
 from processor.settings import Settings
 
@@ -41,7 +42,8 @@ def freeze_startup_heap() -> None:
 
 def http_limits(settings: Settings) -> HttpLimits:
     """The limits the settings ask for, with the connection cap lowered to what the descriptor limit allows."""
-    return HttpLimits(max_connections=connection_cap(settings.max_connections), head_timeout_s=settings.head_timeout_s)
+    return HttpLimits(max_connections=connection_cap(settings.max_connections), head_timeout_s=settings.head_timeout_s,
+                      body_timeout_s=c.DEFAULT_BODY_TIMEOUT_S)
 
 
 def server_config(

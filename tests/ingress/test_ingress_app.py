@@ -21,6 +21,7 @@ from processor.eventlog.base import EventLog, Record
 from processor.eventlog.kafka.log import KafkaEventLog
 from processor.ingress.app import build_app
 from processor.ingress.signature import sign
+from processor.runtime.httplimits import HttpLimits
 from processor.runtime.serving import free_port, serving
 from processor.settings import Secret, Settings
 
@@ -68,7 +69,10 @@ def ingress_settings(base: Settings, **changes: object) -> Settings:
 @contextlib.asynccontextmanager
 async def ingress(settings: Settings, log: EventLog) -> AsyncIterator[httpx.AsyncClient]:
     app = build_app(ingress_settings(settings), log, body_timeout_s=BODY_TIMEOUT_S)
-    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+    # the server's body deadline is the app's, as in production (serving.http_limits): it cuts off a body that
+    # never starts, the app one that stops halfway
+    limits = HttpLimits(body_timeout_s=BODY_TIMEOUT_S)
+    async with serving(app, limits=limits) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
         yield client
 
 
@@ -207,6 +211,26 @@ async def test_slow_loris_body_is_cut_off_at_the_read_deadline(
     assert answer.endswith(b'{"error":"body_timeout"}')
     assert BODY_TIMEOUT_S * 0.9 <= waited < BODY_TIMEOUT_S + 3
     assert healthy.status_code == 200
+    assert await records(kafka_log.bootstrap, kafka_settings.topic(c.TOPIC_EVENTS)) == []
+
+
+async def test_a_head_without_its_body_is_answered_408_at_the_body_deadline(
+    kafka_settings: Settings, kafka_log: KafkaEventLog
+) -> None:
+    """A client that sends a delivery's head and never its body gets 408 at the body deadline, and is closed."""
+    body = thin_event()
+    async with ingress(kafka_settings, kafka_log) as client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.base_url.port)
+        writer.write((
+            f"POST {WEBHOOK} HTTP/1.1\r\nHost: x\r\nStripe-Signature: {sign(body, SECRETS[0])}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode())
+        started = time.monotonic()
+        answer = await asyncio.wait_for(reader.read(), timeout=10)  # read() to EOF: the server must close
+        waited = time.monotonic() - started
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert BODY_TIMEOUT_S * 0.9 <= waited < BODY_TIMEOUT_S + 3  # the server checks its deadlines once a second
     assert await records(kafka_log.bootstrap, kafka_settings.topic(c.TOPIC_EVENTS)) == []
 
 
