@@ -33,6 +33,8 @@ class Candidate:
     value: bytes
     headers: Headers
     entry: dlq_ops.DlqEntry | None = None
+    #: the partition it is read from (None: not from the log); the scope of a run's memory of what it sent
+    partition: int | None = None
 
 
 def copy_record(record: Record, identity: str, run_id: str) -> Candidate:
@@ -54,6 +56,7 @@ def copy_record(record: Record, identity: str, run_id: str) -> Candidate:
         record.key,
         record.value,
         tuple(headers),
+        partition=record.partition,
     )
 
 

@@ -19,6 +19,7 @@ from processor.operations import dlq as dlq_ops
 from processor.operations.progress import NoProgress, Progress
 from processor.operations.replay.copies import Candidate, copy_record
 from processor.operations.replay.request import STRIPE_RETENTION, ReplayReport, ReplayRequest
+from processor.operations.replay.sent import SentSoFar
 from processor.operations.replay.sources import dlq as dlq_source
 from processor.operations.replay.sources import offsets as offsets_source
 from processor.operations.replay.sources import sandbox as sandbox_source
@@ -117,12 +118,12 @@ async def _replay(
     report = ReplayReport(run_id, request.source, dry_run, resumed=run.resumed)
     if run.since is not None:
         report.window = {"since": rfc3339(run.since), "until": rfc3339(run.until or datetime.now(UTC))}
-    identities, sent_events = await _replayed_by(log_, topic, run_id, run.bound) if run.resumed else (set(), set())
+    sent = SentSoFar(*await _replayed_by(log_, topic, run_id, run.bound)) if run.resumed else SentSoFar()
     try:
         # records to replay in source order (per partition in offset order), a batch at a time
         source = _source(settings, log_, db, request, run, run_id, stripe, progress)
         async for chunk in _chunks(source, batch_size):
-            await _replay_chunk(log_, db, topic, run_id, chunk, identities, sent_events, report, dry_run)
+            await _replay_chunk(log_, db, topic, run_id, chunk, sent, report, dry_run)
             progress.advance(len(chunk))
             if not dry_run:  # the counts so far: any interface listing runs shows a running one's progress
                 await _save_counts(db, run_id, report, finished=False)
@@ -151,8 +152,7 @@ async def _replay_chunk(
     topic: str,
     run_id: str,
     chunk: Sequence[Candidate],
-    identities: set[str],
-    sent_events: set[str],
+    sent: SentSoFar,
     report: ReplayReport,
     dry_run: bool,
 ) -> None:
@@ -163,7 +163,7 @@ async def _replay_chunk(
             [c_.event_id for c_ in chunk if c_.event_id],
         )
     processed = {row["event_id"] for row in rows}
-    send, done_before, applied = _sort_out(chunk, processed, identities, sent_events, report)
+    send, done_before, applied = _sort_out(chunk, processed, sent, report)
     if dry_run:
         _list(send, report)
         report.replayed += len(send)
@@ -181,8 +181,7 @@ async def _replay_chunk(
 def _sort_out(
     chunk: Sequence[Candidate],
     processed: set[str],
-    identities: set[str],
-    sent_events: set[str],
+    sent: SentSoFar,
     report: ReplayReport,
 ) -> tuple[list[Candidate], list[dlq_ops.DlqEntry], list[dlq_ops.DlqEntry]]:
     """Split `chunk` into what to send, the DLQ entries this run re-published before, and the DLQ entries whose
@@ -195,19 +194,13 @@ def _sort_out(
             report.skipped_processed += 1
             if candidate.entry is not None:
                 applied.append(candidate.entry)
-        elif candidate.identity in identities or (candidate.event_id and candidate.event_id in sent_events):
+        elif sent.seen(candidate):
             report.skipped_replayed += 1
             if candidate.entry is not None:
                 done_before.append(candidate.entry)
         else:
             send.append(candidate)
-            # one entry per record sent: the event id covers a second copy of the record too (overlapping
-            # offset ranges), so the identity is kept only for records without one; a run over the whole log
-            # then holds one string per event, not two (the fuzz saw RSS follow these sets as the log grew)
-            if candidate.event_id:
-                sent_events.add(candidate.event_id)
-            else:
-                identities.add(candidate.identity)
+            sent.add(candidate)
     return send, done_before, applied
 
 
