@@ -54,7 +54,8 @@ DEFAULT_MAX_BODY_BYTES_IN_FLIGHT = 64 * 1024 * 1024
 DEFAULT_MAX_CONNECTIONS = 1000
 #: a client must send a whole request head within this many seconds of connecting (slow-loris bound)
 DEFAULT_HEAD_TIMEOUT_S = 10.0
-#: and a whole body within this many seconds of its head (a Stripe delivery's body comes with its head)
+#: a body must be complete this many seconds after its first piece (a Stripe delivery's comes with its head); the
+#: HTTP server cuts off one that never starts a sweep later (serving.http_limits)
 DEFAULT_BODY_TIMEOUT_S = 10.0
 #: Stripe's own libraries use 300 s; we also reject timestamps this far in the future
 DEFAULT_SIGNATURE_TOLERANCE_S = 300

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import uvicorn
 
 from processor import constants as c
-from processor.runtime.httplimits import HttpLimits, LimitedHttpProtocol, connection_cap
+from processor.runtime.httplimits import SWEEP_INTERVAL_S, HttpLimits, LimitedHttpProtocol, connection_cap
 from processor.settings import Settings
 
 
@@ -42,8 +42,11 @@ def freeze_startup_heap() -> None:
 
 def http_limits(settings: Settings) -> HttpLimits:
     """The limits the settings ask for, with the connection cap lowered to what the descriptor limit allows."""
+    # the body deadline is a sweep's interval longer than the ingress's own, so that a body which stalls halfway
+    # gets the ingress's answer (408 body_timeout, counted and logged as such); this one cuts off a body that
+    # never starts, which the ingress awaits without a timer
     return HttpLimits(max_connections=connection_cap(settings.max_connections), head_timeout_s=settings.head_timeout_s,
-                      body_timeout_s=c.DEFAULT_BODY_TIMEOUT_S)
+                      body_timeout_s=c.DEFAULT_BODY_TIMEOUT_S + SWEEP_INTERVAL_S)
 
 
 def server_config(

@@ -21,7 +21,7 @@ from processor.eventlog.base import EventLog, Record
 from processor.eventlog.kafka.log import KafkaEventLog
 from processor.ingress.app import build_app
 from processor.ingress.signature import sign
-from processor.runtime.httplimits import HttpLimits
+from processor.runtime.httplimits import SWEEP_INTERVAL_S, HttpLimits
 from processor.runtime.serving import free_port, serving
 from processor.settings import Secret, Settings
 
@@ -69,9 +69,9 @@ def ingress_settings(base: Settings, **changes: object) -> Settings:
 @contextlib.asynccontextmanager
 async def ingress(settings: Settings, log: EventLog) -> AsyncIterator[httpx.AsyncClient]:
     app = build_app(ingress_settings(settings), log, body_timeout_s=BODY_TIMEOUT_S)
-    # the server's body deadline is the app's, as in production (serving.http_limits): it cuts off a body that
-    # never starts, the app one that stops halfway
-    limits = HttpLimits(body_timeout_s=BODY_TIMEOUT_S)
+    # the server's body deadline a sweep longer than the app's, as in production (serving.http_limits): it cuts
+    # off a body that never starts, the app one that stops halfway
+    limits = HttpLimits(body_timeout_s=BODY_TIMEOUT_S + SWEEP_INTERVAL_S)
     async with serving(app, limits=limits) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
         yield client
 
@@ -230,7 +230,8 @@ async def test_a_head_without_its_body_is_answered_408_at_the_body_deadline(
         waited = time.monotonic() - started
         writer.close()
     assert answer.startswith(b"HTTP/1.1 408 ")
-    assert BODY_TIMEOUT_S * 0.9 <= waited < BODY_TIMEOUT_S + 3  # the server checks its deadlines once a second
+    # the server checks its deadlines once a second
+    assert BODY_TIMEOUT_S * 0.9 <= waited < BODY_TIMEOUT_S + SWEEP_INTERVAL_S + 3
     assert await records(kafka_log.bootstrap, kafka_settings.topic(c.TOPIC_EVENTS)) == []
 
 
