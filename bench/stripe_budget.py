@@ -309,21 +309,26 @@ class Creates:
     """`POST /v1/sandboxes` as a user sees it: seconds each took (failed ones included), and the failed ones."""
 
     seconds: list[float]
-    failed: Counter[int]
+    #: by HTTP status, or by the transport error's name when no answer came
+    failed: Counter[int | str]
 
 
 async def create_latencies(url: str, stop_event: asyncio.Event, tag: str, count: int | None = None) -> Creates:
     """POST /v1/sandboxes about 4 times a second until `stop_event` (or `count`). A failed create (the old code
-    answers 503 when Stripe rate-limits it) is counted by status, and the next one goes on."""
+    answers 503 when Stripe rate-limits it) is counted by status (or transport error), and the next one goes on."""
     out = Creates([], Counter())
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120) as http:
         while not stop_event.is_set() and (count is None or len(out.seconds) < count):
             began = time.perf_counter()
-            answer = await http.post("/v1/sandboxes", json={"email": "u@p.test", "country": "US"},
-                                     headers={"Idempotency-Key": f"{tag}-{len(out.seconds)}"})  # fmt: skip
+            try:
+                answer = await http.post("/v1/sandboxes", json={"email": "u@p.test", "country": "US"},
+                                         headers={"Idempotency-Key": f"{tag}-{len(out.seconds)}"})  # fmt: skip
+                status = answer.status_code
+            except httpx.TransportError as exc:  # the connection broke (the old code's server under 429s)
+                status = type(exc).__name__
             out.seconds.append(time.perf_counter() - began)
-            if answer.status_code not in (200, 201):
-                out.failed[answer.status_code] += 1
+            if status not in (200, 201):
+                out.failed[status] += 1
             await asyncio.sleep(max(0.0, 0.25 - out.seconds[-1]))
     return out
 
@@ -378,7 +383,7 @@ def _failures(creates: Creates) -> str:
     total = sum(creates.failed.values())
     if not total:
         return "0"
-    return f"{total} ({', '.join(f'{status}: {n}' for status, n in sorted(creates.failed.items()))})"
+    return f"{total} ({', '.join(f'{status}: {n}' for status, n in sorted(creates.failed.items(), key=str))})"
 
 
 def show(part: str, results: Mapping[str, Mapping[str, object]]) -> None:
