@@ -2,15 +2,17 @@
 
 Stripe limits a key, not a process: 25 requests/s in sandbox mode, 100 live, for everything the platform does
 with it. So the budget is a token bucket per key whose level lives in PostgreSQL (`SharedBudget`, migration
-0007), which every replica already reaches: taking a token is one call of `stripe_budget_take`, one round
-trip. `PROCESSOR_STRIPE_MAX_RPS` is the key's limit; the bucket refills at that limit less the headroom left to
-the platform's other calls, and holds the headroom's worth (3 tokens at least), so that in any second the key
-spends at most its limit.
+0007), which every replica already reaches: taking a token is one call of `stripe_budget_take` (several calls
+share a round trip, below). `PROCESSOR_STRIPE_MAX_RPS` is the key's limit; the bucket refills at that limit
+less the headroom left to the platform's other calls, and holds the headroom's worth (3 tokens at least), so
+that in any second the key spends at most its limit.
 
 Priorities are reserves in that bucket: a user-facing call (create a sandbox, renew an onboarding link) takes
 any token; a consumer fetch leaves the last token to users; reconcile and replay take one only from a full
 bucket, that is, what nobody else wanted. Each process lets one waiter per priority ask at a time (the others
-queue behind it in order), so a thousand fetches in flight cost one query at a time, not a thousand.
+queue behind it in order), and that one asks for the waiters queued behind it too (up to `MAX_TOKENS_PER_ASK`
+tokens in the one round trip; each token is still taken by one call of `stripe_budget_take`, so the reserves
+hold token by token): a thousand fetches in flight cost a few dozen queries, not a thousand.
 
 A 429 that gets through anyway (another client of the key, a smaller limit than configured) slows the whole
 budget for every process: no token for Retry-After (1 s if Stripe gives none), and half the rate, climbing
@@ -45,6 +47,10 @@ MIN_FACTOR = 0.1
 RECOVERY_S = 30.0
 #: a waiter asks again at least this often (a pause can end sooner than the wait it was told)
 MAX_SLEEP_S = 2.0
+#: most tokens one ask takes for the waiters of a priority queued in this process. A round trip per token cost a
+#: consumer fetch about as much CPU as the rest of its request (bench/lifecycle.py, py-spy), with the pool's reset
+#: of the connection on each release
+MAX_TOKENS_PER_ASK = 32
 #: how often a budget that lost PostgreSQL says so in the log
 FALLBACK_WARN_EVERY_S = 60.0
 _LOCAL_KEY = "stripe"
@@ -163,23 +169,44 @@ class Budget:
         self.plan = plan
         self.metrics = metrics
         self._turns = {priority: asyncio.Lock() for priority in Priority}
+        #: callers of `acquire` per priority, the one asking included
+        self._queued = dict.fromkeys(Priority, 0)
+        #: tokens an ask took for the waiters queued behind it, not handed out yet
+        self._spare = dict.fromkeys(Priority, 0)
 
     async def acquire(self, priority: Priority) -> None:
         """Wait until the budget lets one request of `priority` through."""
         started = time.monotonic()
-        async with self._waiting(priority), self._turns[priority]:  # FIFO per priority
-            # polling on purpose: the token comes from other processes' clocks, not an event in this one
-            while (wait := await self._take(priority)) > 0:  # noqa: ASYNC110
-                await asyncio.sleep(min(wait, MAX_SLEEP_S))
+        self._queued[priority] += 1
+        try:
+            async with self._waiting(priority), self._turns[priority]:  # FIFO per priority
+                await self._turn(priority)
+        finally:
+            self._queued[priority] -= 1
         if self.metrics is not None:
             self.metrics.taken.labels(priority=priority.label).inc()
             self.metrics.wait.labels(priority=priority.label).observe(time.monotonic() - started)
+
+    async def _turn(self, priority: Priority) -> None:
+        """The token of the waiter whose turn it is: one the previous ask took for it, or a new ask."""
+        if self._spare[priority]:
+            self._spare[priority] -= 1
+            return
+        # polling on purpose: the token comes from other processes' clocks, not an event in this one
+        while True:
+            taken, wait = await self._take(priority, min(self._queued[priority], MAX_TOKENS_PER_ASK))
+            if taken:
+                self._spare[priority] += taken - 1
+                return
+            await asyncio.sleep(min(wait, MAX_SLEEP_S))
 
     async def throttled(self, retry_after_s: float | None) -> None:
         """Stripe answered 429 for the rate limit: pause and slow the budget for everyone."""
         pause = retry_after_s if retry_after_s and retry_after_s > 0 else DEFAULT_PAUSE_S
         if self.metrics is not None:
             self.metrics.throttled.inc()
+        # the key is over its limit: tokens taken ahead for waiters here would not wait for the pause
+        self._spare = dict.fromkeys(Priority, 0)
         await self._throttle(pause)
 
     @contextlib.asynccontextmanager
@@ -194,7 +221,8 @@ class Budget:
         finally:
             gauge.dec()
 
-    async def _take(self, priority: Priority) -> float:
+    async def _take(self, priority: Priority, wanted: int) -> tuple[int, float]:
+        """Take up to `wanted` tokens at `priority`: how many were taken, and when none was, how long to wait."""
         raise NotImplementedError
 
     async def _throttle(self, pause_s: float) -> None:
@@ -208,8 +236,11 @@ class LocalBudget(Budget):
         super().__init__(plan, metrics)
         self._bucket = TokenBuckets(plan.capacity, plan.rate)
 
-    async def _take(self, priority: Priority) -> float:
-        return self._bucket.take(_LOCAL_KEY, self.plan.reserve(priority))
+    async def _take(self, priority: Priority, wanted: int) -> tuple[int, float]:
+        taken = 0
+        while taken < wanted and (wait := self._bucket.take(_LOCAL_KEY, self.plan.reserve(priority))) <= 0:
+            taken += 1
+        return (taken, 0.0) if taken else (0, wait)
 
     async def _throttle(self, pause_s: float) -> None:
         self._bucket.drain(_LOCAL_KEY, pause_s)
@@ -227,17 +258,24 @@ class SharedBudget(Budget):
         self._fallback = LocalBudget(plan)
         self._warned_at = -FALLBACK_WARN_EVERY_S
 
-    async def _take(self, priority: Priority) -> float:
+    async def _take(self, priority: Priority, wanted: int) -> tuple[int, float]:
         plan = self.plan
         try:
-            wait = await self._query(
-                "SELECT stripe_budget_take($1, $2, $3, $4, $5)",
-                self.key, plan.rate, plan.capacity, plan.reserve(priority), RECOVERY_S,
-            )  # fmt: skip
+            if self.metrics is not None:
+                self.metrics.round_trips.inc()
+            # one call of the function per token, in one statement: each call sees the tokens the previous took
+            waits = [
+                float(row[0])
+                for row in await self.pool.fetch(
+                    "SELECT stripe_budget_take($1, $2, $3, $4, $5) FROM generate_series(1, $6)",
+                    self.key, plan.rate, plan.capacity, plan.reserve(priority), RECOVERY_S, wanted,
+                )
+            ]  # fmt: skip
         except DATABASE_ERRORS as exc:
             self._lost(exc)
-            return await self._fallback._take(priority)
-        return wait
+            return await self._fallback._take(priority, wanted)
+        taken = sum(1 for wait in waits if wait <= 0)
+        return (taken, 0.0) if taken else (0, min(waits))
 
     async def _throttle(self, pause_s: float) -> None:
         plan = self.plan

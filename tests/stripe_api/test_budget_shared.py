@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -16,7 +17,15 @@ from processor.db.pool import Database
 from processor.dev.emulator import EmulatorConfig, Knobs, RunningEmulator, running_emulator
 from processor.errors import StripeError
 from processor.settings import Secret, Settings
-from processor.stripe_api.budget import Budget, BudgetMetrics, BudgetPlan, Priority, read_budget, shared_budget
+from processor.stripe_api.budget import (
+    MAX_TOKENS_PER_ASK,
+    Budget,
+    BudgetMetrics,
+    BudgetPlan,
+    Priority,
+    read_budget,
+    shared_budget,
+)
 from processor.stripe_api.client import StripeApi
 
 
@@ -120,3 +129,16 @@ async def test_a_429_slows_every_client_of_the_key(pg_settings: Settings) -> Non
     assert factor == pytest.approx(0.5, abs=0.01)  # halved once per wave of 429s, however many met it
     assert registry.get_sample_value("processor_stripe_budget_throttled") == 1
     assert (registry.get_sample_value("processor_stripe_budget_rate") or 0) < BudgetPlan.from_settings(settings).rate
+
+
+async def test_calls_queued_in_one_process_share_round_trips(pg_settings: Settings) -> None:
+    """A hundred calls waiting in one process take their tokens in a few queries: the first asks for itself,
+    each next one for up to MAX_TOKENS_PER_ASK waiters (the key's limit with such asks: the test above)."""
+    settings = replace(pg_settings, stripe_api_key=Secret("sk_test_queued"), stripe_max_rps=10_000.0)
+    async with clients(settings, 1) as [db]:
+        metrics = BudgetMetrics(CollectorRegistry())
+        budget = shared_budget(settings, db.pool, metrics)
+        assert BudgetPlan.from_settings(settings).capacity >= 100  # no call waits for a refill
+        await asyncio.gather(*(budget.acquire(Priority.CONSUMER) for _ in range(100)))
+    assert metrics.round_trips._value.get() == 1 + math.ceil(99 / MAX_TOKENS_PER_ASK)
+    assert metrics.taken.labels(priority="consumer")._value.get() == 100
