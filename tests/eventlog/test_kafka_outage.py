@@ -16,7 +16,7 @@ from processor import constants as c
 from processor.dev.kafka import KafkaBroker
 from processor.eventlog.base import LogConsumer, Record
 from processor.eventlog.factory import open_event_log
-from processor.eventlog.kafka.outage import CONNECTION_ERRORS, TRACKER
+from processor.eventlog.kafka.outage import CONNECTION_ERRORS, PROBE_INTERVAL_S, TRACKER, BrokerOutage
 from processor.runtime.metrics import WorkerMetrics
 from processor.settings import Settings
 
@@ -83,3 +83,31 @@ async def test_a_broker_outage_logs_two_lines_and_counts_the_errors(
     ), ours
     assert TRACKER.outages == outages_before + 1
     assert _counter("processor_kafka_connection_errors_total") == TRACKER.errors >= errors_before + 20
+
+
+async def test_a_port_that_accepts_while_clients_still_fail_is_not_back(caplog: pytest.LogCaptureFixture) -> None:
+    """A broker shutting down (or starting) accepts TCP connections while its clients' requests still fail:
+    the outage is not over until the failures stop for a probe interval, so one outage is two lines, not four.
+    The 'broker' is a real listening socket; the clients' failures are aiokafka's log records, fed in."""
+    outage = BrokerOutage()
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    outage.addresses = (server.sockets[0].getsockname()[:2],)
+
+    def failure() -> logging.LogRecord:
+        return logging.LogRecord("aiokafka", logging.ERROR, __file__, 0, "Unable connect to node with id %s: %s",
+                                 (1, "KafkaConnectionError"), None)
+
+    caplog.set_level(logging.WARNING, logger="processor.eventlog.kafka.outage")
+    try:
+        assert outage.filter(failure()) is False
+        for _ in range(int(3 * PROBE_INTERVAL_S / 0.2)):  # failing for three probe intervals, port open all along
+            await asyncio.sleep(0.2)
+            outage.filter(failure())
+            assert outage.down_since is not None, "declared back while the clients were still failing"
+        await _until(lambda: outage.down_since is None, 30, "the outage to end once the failures stopped")
+    finally:
+        server.close()
+        await server.wait_closed()
+    lines = [r.getMessage() for r in caplog.records if r.name == "processor.eventlog.kafka.outage"]
+    assert len(lines) == 2 and lines[1].startswith("Kafka is reachable again"), lines
+    assert outage.outages == 1

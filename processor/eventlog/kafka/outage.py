@@ -87,15 +87,26 @@ class BrokerOutage(logging.Filter):
 
     async def _until_reachable(self) -> None:
         while True:
-            for host, port in self.addresses:
-                with contextlib.suppress(OSError, TimeoutError):
-                    _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT_S)
-                    writer.close()
-                    with contextlib.suppress(OSError):
-                        await writer.wait_closed()
+            errors = self.errors
+            if await self._accepts_connections():
+                # a broker shutting down still accepts connections for a moment, and one starting accepts them
+                # before it serves: it is back only once the clients stopped failing for a probe interval
+                await asyncio.sleep(PROBE_INTERVAL_S)
+                if self.errors == errors:
                     self._back()
                     return
+                continue
             await asyncio.sleep(PROBE_INTERVAL_S)
+
+    async def _accepts_connections(self) -> bool:
+        for host, port in self.addresses:
+            with contextlib.suppress(OSError, TimeoutError):
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT_S)
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+                return True
+        return False
 
     def _back(self) -> None:
         if self.down_since is None:
