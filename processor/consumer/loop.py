@@ -25,6 +25,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from processor import constants as c
+from processor.backoff import backoff_delay
 from processor.consumer.applier import Applier
 from processor.consumer.batch import Batch, BatchPreparer, SandboxNotFound, first_offsets
 from processor.consumer.deadletter import dlq_record
@@ -36,7 +37,7 @@ from processor.lifecycle import State
 from processor.runtime.metrics import WorkerMetrics
 from processor.settings import Settings
 from processor.stripe_api.budget import shared_budget
-from processor.stripe_api.client import StripeApi, backoff_delay
+from processor.stripe_api.client import StripeApi
 
 log = logging.getLogger(__name__)
 

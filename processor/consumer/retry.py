@@ -8,10 +8,10 @@ import logging
 import time
 from collections import Counter
 
+from processor.backoff import backoff_delay
 from processor.errors import ProcessorError
 from processor.eventlog.base import LogConsumer, TopicPartition
 from processor.runtime.metrics import WorkerMetrics
-from processor.stripe_api.client import backoff_delay
 
 log = logging.getLogger(__name__)
 

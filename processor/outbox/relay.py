@@ -24,12 +24,12 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
+from processor.backoff import backoff_delay
 from processor.db.pool import DATABASE_ERRORS, Database
 from processor.errors import DatabaseUnavailable, LogUnavailable
 from processor.eventlog.base import EventLog
 from processor.runtime.metrics import WorkerMetrics
 from processor.settings import Settings
-from processor.stripe_api.client import backoff_delay
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from processor.stripe_api.client import backoff_delay
+from processor.backoff import backoff_delay
 
 log = logging.getLogger(__name__)
 

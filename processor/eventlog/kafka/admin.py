@@ -23,9 +23,9 @@ from aiokafka.errors import (
     for_code,
 )
 
+from processor.backoff import backoff_delay
 from processor.eventlog.kafka.security import PLAINTEXT, KafkaSecurity
 from processor.eventlog.kafka.topics import TopicSpec
-from processor.stripe_api.client import backoff_delay
 
 #: how long the controller may take to create the topics before the request fails
 CREATE_TIMEOUT_MS = 30_000
