@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import ssl
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -24,6 +23,7 @@ import aiohttp
 import orjson
 import stripe
 
+from processor.backoff import backoff_delay
 from processor.constants import STRIPE_API_VERSION
 from processor.errors import ConfigError, StripeError
 from processor.settings import Settings
@@ -41,12 +41,6 @@ DEFAULT_MAX_DELAY_S = 5.0
 DEFAULT_TIMEOUT_S = 15.0
 #: HTTP connections kept open to Stripe (the consumer has up to this many fetches in flight)
 DEFAULT_MAX_CONNECTIONS = 256
-
-
-def backoff_delay(attempt: int, base_s: float, max_s: float, retry_after: float | None = None) -> float:
-    """Full-jitter exponential backoff for retry number `attempt` (1-based), never below Retry-After."""
-    delay = random.uniform(0, min(max_s, base_s * 2 ** (attempt - 1)))
-    return max(delay, retry_after or 0.0)
 
 
 def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
@@ -148,11 +142,14 @@ class StripeApi:
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
+    def _refuse_if_closed(self) -> None:
+        # a call racing shutdown would otherwise open a session that nobody closes (and spend a token first)
+        if self._closed:
+            raise StripeError("the Stripe client is closed (shutting down)", retriable=True)
+
     def _sdk(self) -> stripe.StripeClient:
         """The SDK client, created on first use inside the event loop."""
-        if self._closed:
-            # a call racing shutdown would otherwise open a session that nobody closes
-            raise StripeError("the Stripe client is closed (shutting down)", retriable=True)
+        self._refuse_if_closed()  # again: close() may have run while the call waited for its token
         if self._client is None:
             # The SDK's HTTPX transport costs 1.6-3 ms of CPU per request with 32-256 requests in flight (httpx's
             # pool bookkeeping grows with the number of connections); its aiohttp transport costs about 0.25 ms,
@@ -263,6 +260,7 @@ class StripeApi:
         attempt = 0
         while True:
             attempt += 1
+            self._refuse_if_closed()
             await self.budget.acquire(priority)
             try:
                 response = await self._sdk().raw_request_async(method, path, **options, **dict(params or {}))

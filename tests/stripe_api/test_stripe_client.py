@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import pytest
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -15,6 +16,7 @@ from starlette.routing import Route
 from processor.errors import StripeError
 from processor.runtime.serving import free_port, serving
 from processor.settings import Secret, Settings
+from processor.stripe_api.budget import Budget, BudgetMetrics, BudgetPlan, LocalBudget
 from processor.stripe_api.client import StripeApi
 
 SANDBOX = {"id": "csb_1", "object": "v2.core.claimable_sandbox", "status": "unclaimed"}
@@ -36,9 +38,9 @@ async def stripe_answering(*answers: Response) -> AsyncIterator[tuple[str, list[
         yield f"http://127.0.0.1:{port}", asked
 
 
-def client(base: str) -> StripeApi:
+def client(base: str, budget: Budget | None = None) -> StripeApi:
     settings = replace(Settings(), stripe_api_key=Secret("sk_test_client"), stripe_api_base=base)
-    return StripeApi(settings, max_attempts=3, base_delay_s=0.01, max_delay_s=0.02)
+    return StripeApi(settings, max_attempts=3, base_delay_s=0.01, max_delay_s=0.02, budget=budget)
 
 
 async def test_an_error_body_not_shaped_like_stripes_is_a_retriable_stripe_error() -> None:
@@ -59,9 +61,11 @@ async def test_an_error_body_not_shaped_like_stripes_is_a_retriable_stripe_error
 
 async def test_a_closed_client_refuses_calls_instead_of_opening_connections_nobody_closes() -> None:
     """After close() (shutdown), a late call fails as retriable instead of building a new HTTP session that
-    would then leak."""
+    would then leak, and without spending a token of the key's budget that other processes could use."""
+    registry = CollectorRegistry()
+    budget = LocalBudget(BudgetPlan(limit_rps=25), BudgetMetrics(registry))
     async with stripe_answering() as (base, asked):
-        api = client(base)
+        api = client(base, budget)
         await api.retrieve_sandbox("csb_1")
         await api.close()
         with pytest.raises(StripeError) as failed:
@@ -69,3 +73,4 @@ async def test_a_closed_client_refuses_calls_instead_of_opening_connections_nobo
         assert failed.value.retriable
         assert api._session is None
     assert len(asked) == 1
+    assert registry.get_sample_value("processor_stripe_budget_requests_total", {"priority": "consumer"}) == 1
