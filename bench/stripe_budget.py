@@ -53,7 +53,7 @@ from processor.eventlog.postgres.log import PostgresEventLog  # noqa: E402
 from processor.ingress.envelope import parse_envelope  # noqa: E402
 from processor.runtime.serving import free_port  # noqa: E402
 from processor.stripe_api.budget import BudgetPlan  # noqa: E402
-from tests.support.lifecycle_harness import PATHS  # noqa: E402
+from tests.support.lifecycle_harness import PATHS, step_actions  # noqa: E402
 
 LIMIT_RPS = 25.0
 LATENCY_S = 0.1
@@ -175,20 +175,6 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 def create_sandboxes(emu: RunningEmulator, count: int) -> list[str]:
     return [emu.state.sandboxes.create(dict(PARAMS))[0].id for _ in range(count)]
-
-
-def step_actions(emu: RunningEmulator) -> dict[str, object]:
-    sandboxes = emu.state.sandboxes
-    return {
-        "claim_new": lambda sid: sandboxes.claim(sid, "new"),
-        "claim_existing": lambda sid: sandboxes.claim(sid, "existing"),
-        "submit": sandboxes.submit_application,
-        "install_live": lambda sid: sandboxes.install_app(sid, True),
-        "install_only": lambda sid: sandboxes.install_app(sid, False),
-        "go_live": sandboxes.go_live,
-        "expire": sandboxes.expire,
-        "uninstall": sandboxes.uninstall_app,
-    }
 
 
 def plan(ids: list[str]) -> dict[str, tuple[str, ...]]:

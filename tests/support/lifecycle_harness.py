@@ -92,12 +92,10 @@ async def create_sandboxes(api: StripeApi, count: int, tag: str) -> list[str]:
     return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
-def drive(emu: RunningEmulator, sandbox_ids: list[str], seed: int = 1) -> dict[str, str]:
-    """Walk each sandbox down a path (round-robin over PATHS), steps of different sandboxes interleaved."""
+def step_actions(emu: RunningEmulator) -> dict[str, Callable[[str], object]]:
+    """What each step name of PATHS does to a sandbox in the emulator (the Dashboard user's action)."""
     sandboxes = emu.state.sandboxes
-    names = list(PATHS)
-    plan = {sid: names[i % len(names)] for i, sid in enumerate(sandbox_ids)}
-    actions: dict[str, Callable[[str], object]] = {
+    return {
         "claim_new": lambda sid: sandboxes.claim(sid, "new"),
         "claim_existing": lambda sid: sandboxes.claim(sid, "existing"),
         "submit": sandboxes.submit_application,
@@ -107,6 +105,13 @@ def drive(emu: RunningEmulator, sandbox_ids: list[str], seed: int = 1) -> dict[s
         "expire": sandboxes.expire,
         "uninstall": sandboxes.uninstall_app,
     }
+
+
+def drive(emu: RunningEmulator, sandbox_ids: list[str], seed: int = 1) -> dict[str, str]:
+    """Walk each sandbox down a path (round-robin over PATHS), steps of different sandboxes interleaved."""
+    names = list(PATHS)
+    plan = {sid: names[i % len(names)] for i, sid in enumerate(sandbox_ids)}
+    actions = step_actions(emu)
     queues = {sid: list(PATHS[name]) for sid, name in plan.items() if PATHS[name]}
     rng = random.Random(seed)
     while queues:
