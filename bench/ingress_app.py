@@ -56,12 +56,12 @@ def deliveries(sign: object) -> list[tuple[bytes, list[tuple[bytes, bytes]]]]:
 async def drive(tasks: int, per_round: int, rounds: int) -> list[float]:
     """CPU microseconds per delivery in each round (this process, every thread)."""
     from processor.eventlog.factory import open_event_log
-    from processor.ingress import jsonlog
     from processor.ingress.app import build_app
     from processor.ingress.signature import sign
+    from processor.runtime import logs
     from processor.settings import Settings
 
-    jsonlog.configure("INFO")  # the ingress command's logging, to stderr (this script sends it to a file)
+    logs.configure(logs.LogOptions())  # the ingress command's logging, to stderr (this script sends it to a file)
     settings = Settings.from_env()
     requests = deliveries(sign)
     answers: dict[int, int] = {}

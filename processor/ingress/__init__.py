@@ -1,5 +1,5 @@
 """The webhook ingress: verify Stripe deliveries and make them durable before answering (ARCHITECTURE §4).
 
-`processor.ingress.app.build_app` builds it. Nothing is imported here, so that `jsonlog`, the JSON log lines
-every command writes (`processor.runtime.logs`), loads without the web stack.
+`processor.ingress.app.build_app` builds it. Nothing is imported here, so that importing one module of the
+package does not load the web stack.
 """

@@ -29,10 +29,10 @@ from processor import constants as c
 from processor.errors import ConfigError, LogUnavailable, SignatureError
 from processor.eventlog.base import EventLog
 from processor.ingress.envelope import Envelope, EnvelopeError, parse_envelope
-from processor.ingress.jsonlog import flush_lines, log_fields
 from processor.ingress.logholder import hold_event_log
 from processor.ingress.metrics import IngressMetrics
 from processor.ingress.signature import Verifier, parse_header
+from processor.runtime import logs
 from processor.settings import Settings
 from processor.timestamps import rfc3339
 
@@ -245,7 +245,8 @@ class Ingress:
             "bytes": size,
             "ms": int(elapsed * 1_000_000) / 1000,  # to the microsecond, without round(x, 3)'s decimal detour
         }
-        log_fields(_logger, logging.INFO if outcome == ACCEPTED else logging.WARNING, "webhook delivery", fields)
+        level = logging.INFO if outcome == ACCEPTED else logging.WARNING
+        _logger.log(level, "webhook delivery", extra={"fields": fields})
 
     def attach_log(self, log: EventLog | None) -> None:
         """Publish to `log` from now on (None: answer 503 until one is attached)."""
@@ -312,7 +313,7 @@ def build_app(
                 stop.set()
                 await holder
         finally:
-            flush_lines()  # the access-log lines of the last deliveries, before the process ends
+            logs.drain()  # the access-log lines of the last deliveries, before the process ends
 
     routes = [
         Route(WEBHOOK_PATH, ingress, methods=["POST"]),

@@ -16,9 +16,13 @@ import signal
 import sys
 from types import FrameType
 
+from processor.runtime import logs
+
 
 def flush_logs() -> None:
-    """Write out what every handler of every logger and the standard streams still hold."""
+    """Write out what the log writer thread, every handler of every logger and the standard streams still
+    hold."""
+    logs.drain()
     loggers = [
         logging.getLogger(),
         *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger)),

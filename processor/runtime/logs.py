@@ -1,23 +1,31 @@
 """The one logging set-up of every `processor` command, made once by the CLI entry point (`cli.main`).
 
 Records go to stderr (stdout is the command's own output), at PROCESSOR_LOG_LEVEL (default INFO): as JSON
-lines by default (`{"ts", "level", "logger", "msg", ...fields}`, what log pipelines index; `ingress.jsonlog`
-writes them), or one readable line per record for a terminal with `--log-format text` (or
-PROCESSOR_LOG_FORMAT=text). Structured fields come from `extra={"fields": {...}}`; the text format appends them
-as `key=value`.
+lines by default (`{"ts", "level", "logger", "msg", ...fields}`, what log pipelines index), or one readable line
+per record for a terminal with `--log-format text` (or PROCESSOR_LOG_FORMAT=text). Structured fields come from
+`extra={"fields": {...}}`; the text format appends them as `key=value`.
+
+Records are formatted where they are logged and written by logging's own QueueListener thread: the ingress
+logs a line per delivery, and a write to a slow stderr pipe (a full container log buffer) must not stall the
+event loop that answers Stripe.
 
 This module imports nothing heavy: `processor sandbox show` runs it on every call.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import queue
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from logging.handlers import QueueHandler, QueueListener
+
+import orjson
 
 from processor.errors import ConfigError
-from processor.ingress import jsonlog
 
 FORMAT_VARIABLE = "PROCESSOR_LOG_FORMAT"
 LEVEL_VARIABLE = "PROCESSOR_LOG_LEVEL"
@@ -68,16 +76,71 @@ class TextLineFormatter(logging.Formatter):
         return f"{head} {fields}{newline}{trace}"
 
 
+def iso_ms(created: float) -> str:
+    """`ts` of every JSON line: ISO 8601 UTC with milliseconds ("2026-11-22T03:12:16.123+00:00")."""
+    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, so log pipelines index event ids and outcomes without parsing prose: when,
+    level, logger, message, then the structured fields (a field named like one of those replaces it)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "ts": iso_ms(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+            **_fields(record),
+        }
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(line, default=str).decode()
+
+
+@dataclass(slots=True)
+class _Writing:
+    """The set-up in force: the listener thread that writes, and the formatter for writing directly."""
+
+    listener: QueueListener
+    formatter: logging.Formatter
+
+
+_writing: _Writing | None = None
+
+
 def configure(options: LogOptions) -> None:
     """Send every logger's records (uvicorn's and libraries' too) to stderr in `options.format`."""
+    global _writing
+    drain()  # a second set-up (a test, a worker process's own) replaces the first
     for name in CHATTY_LIBRARIES:
         logging.getLogger(name).setLevel(logging.DEBUG if options.level == "DEBUG" else logging.WARNING)
-    if options.format == "json":
-        # the ingress's JSON lines, written off the event loop (it writes one per delivery)
-        jsonlog.configure(options.level)
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(TextLineFormatter())
+    formatter = JsonFormatter() if options.format == "json" else TextLineFormatter()
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    handler = QueueHandler(records)
+    handler.setFormatter(formatter)  # formatted in the logging thread, where the record's fields still are
+    _writing = _Writing(QueueListener(records, logging.StreamHandler(sys.stderr)), formatter)
+    _writing.listener.start()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(options.level)
+
+
+def drain() -> None:
+    """Write every queued record now and each later one at once, in the calling thread: the process is ending.
+
+    Runs at exit, and from the ingress's lifespan end and the SIGTERM handler (`runtime.logflush`), because a
+    uvicorn worker process ends by a SIGTERM that skips exit hooks.
+    """
+    global _writing
+    if _writing is None:
+        return
+    writing, _writing = _writing, None
+    writing.listener.stop()  # writes what is queued, then ends the thread
+    direct = logging.StreamHandler(sys.stderr)
+    direct.setFormatter(writing.formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [direct if isinstance(handler, QueueHandler) else handler for handler in root.handlers]
+
+
+atexit.register(drain)  # registered after logging's own exit hook, so it runs before it
