@@ -118,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"emulator API key: {config.api_keys[0]}", flush=True)
     print(f"emulator control token: {config.control_token} (send it as {CONTROL_TOKEN_HEADER} on /_emulator/*)",
           flush=True)
-    # log_config=None: uvicorn's lines go through the one set-up of `cli.main`, not uvicorn's own handlers
-    uvicorn.run(build_app(config), host=config.host, port=config.port, log_level="info", log_config=None)
+    # log_config=None: uvicorn's lines go through the one set-up of `cli.main`, not uvicorn's own handlers;
+    # date_header=False: the app's Date is the emulator's clock (emulator.app.DateFromClock)
+    uvicorn.run(build_app(config), host=config.host, port=config.port, log_level="info", log_config=None,
+                date_header=False)
     return 0

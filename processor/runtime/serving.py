@@ -66,12 +66,13 @@ def server_config(
 @asynccontextmanager
 async def serving(
     app: Any, *, host: str = "127.0.0.1", port: int = 0, lifespan: Literal["auto", "on", "off"] = "on",
-    limits: HttpLimits | None = None,
+    limits: HttpLimits | None = None, date_header: bool = True,
 ) -> AsyncIterator[str]:
-    """Serve `app` until the block ends (port 0 = a free one); yields the base URL once it accepts connections."""
+    """Serve `app` until the block ends (port 0 = a free one); yields the base URL once it accepts connections.
+    `date_header=False` leaves the `Date` header to the app (the emulator's is its own clock)."""
     port = port or free_port(host)
     server = uvicorn.Server(server_config(app, host=host, port=port, limits=limits, log_level="warning",
-                                          lifespan=lifespan))
+                                          lifespan=lifespan, date_header=date_header))
     task = asyncio.get_running_loop().create_task(server.serve(), name=f"uvicorn {host}:{port}")
     try:
         while not server.started:

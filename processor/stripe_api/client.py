@@ -15,6 +15,9 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -72,6 +75,27 @@ def _rate_limited(exc: stripe.StripeError) -> bool:
     """A 429 of the key's rate limit (not `lock_timeout`: contention on one object, which a slower key
     would not cure)."""
     return exc.http_status == 429 and getattr(exc, "code", None) != "lock_timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A JSON object Stripe answered, and when on Stripe's clock (its `Date` header; None without one)."""
+
+    data: dict[str, Any]
+    at: datetime | None
+
+
+def answer_time(headers: Mapping[str, str] | None) -> datetime | None:
+    """The `Date` of an answer as an aware datetime; None when it is missing or not an HTTP date."""
+    raw = _header(headers, "Date")
+    if raw is None:
+        return None
+    try:
+        moment = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    # an HTTP date is GMT; one without a zone (an old obsolete format) means GMT too
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class _AioHttpTransport(stripe.AIOHTTPClient):
@@ -195,8 +219,14 @@ class StripeApi:
         self, sandbox_id: str, context: str | None = None, *, priority: Priority | None = None
     ) -> dict[str, Any]:
         """GET /v2/core/claimable_sandboxes/{id}, as the account `context` (the event's) sees it."""
+        return (await self.fetch_sandbox(sandbox_id, context, priority=priority)).data
+
+    async def fetch_sandbox(
+        self, sandbox_id: str, context: str | None = None, *, priority: Priority | None = None
+    ) -> Answer:
+        """`retrieve_sandbox`, with the time of Stripe's answer: the consumer knows which events it shows."""
         path = f"/v2/core/claimable_sandboxes/{quote(sandbox_id, safe='')}"
-        return await self.request("get", path, context=context, priority=priority)
+        return await self.answer("get", path, context=context, priority=priority)
 
     async def create_sandbox(self, params: Mapping[str, Any], *, idempotency_key: str) -> dict[str, Any]:
         """POST /v2/core/claimable_sandboxes; the caller's deterministic key makes a retry create nothing new."""
@@ -248,6 +278,23 @@ class StripeApi:
     ) -> dict[str, Any]:
         """One API call within the key's budget, with retries; raises StripeError (retriable when worth retrying
         later). Every attempt draws from the budget at `priority` (default: this client's)."""
+        return (
+            await self.answer(
+                method, path, params=params, context=context, idempotency_key=idempotency_key, priority=priority
+            )
+        ).data
+
+    async def answer(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        context: str | None = None,
+        idempotency_key: str | None = None,
+        priority: Priority | None = None,
+    ) -> Answer:
+        """`request`, with the time of the answer on Stripe's clock."""
         if method == "post" and idempotency_key is None:
             # the SDK would make up a random key, so a retry after a lost answer could create twice
             raise ValueError("POSTs to Stripe need a deterministic idempotency key")
@@ -281,7 +328,7 @@ class StripeApi:
             data = response.data
             if not isinstance(data, dict):
                 raise StripeError(f"Stripe answered {path} with a non-object", status=response.code)
-            return data
+            return Answer(data, answer_time(response.headers))
 
     def _observe(self, status: str) -> None:
         if self.on_response is not None:

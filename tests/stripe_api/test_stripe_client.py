@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -13,6 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from processor.dev.emulator.config import EmulatorConfig, Knobs
+from processor.dev.emulator.runner import running_emulator
 from processor.errors import StripeError
 from processor.runtime.serving import free_port, serving
 from processor.settings import Secret, Settings
@@ -34,7 +37,7 @@ async def stripe_answering(*answers: Response) -> AsyncIterator[tuple[str, list[
 
     port = free_port()
     app = Starlette(routes=[Route("/{path:path}", any_request, methods=["GET", "POST"])])
-    async with serving(app, port=port, lifespan="off"):
+    async with serving(app, port=port, lifespan="off", date_header=False):  # only the answers' own Date
         yield f"http://127.0.0.1:{port}", asked
 
 
@@ -74,3 +77,35 @@ async def test_a_closed_client_refuses_calls_instead_of_opening_connections_nobo
         assert api._session is None
     assert len(asked) == 1
     assert registry.get_sample_value("processor_stripe_budget_requests_total", {"priority": "consumer"}) == 1
+
+
+async def test_a_fetch_tells_when_stripe_answered_by_its_date_header() -> None:
+    """The time of an answer is Stripe's `Date` header (Stripe's clock, like events' `created`); an answer
+    without a readable one has no time, so nothing is taken as shown by it."""
+    dated = JSONResponse(SANDBOX, headers={"Date": "Wed, 02 Dec 2026 17:00:05 GMT"})
+    garbled = JSONResponse(SANDBOX, headers={"Date": "yesterday"})
+    async with stripe_answering(dated, garbled) as (base, _asked), client(base) as api:
+        first = await api.fetch_sandbox("csb_1")
+        second = await api.fetch_sandbox("csb_1")
+    assert first.data["id"] == "csb_1"
+    assert first.at == datetime(2026, 12, 2, 17, 0, 5, tzinfo=UTC)
+    assert second.at is None
+
+
+async def test_the_emulators_answers_are_dated_by_its_clock() -> None:
+    """The emulator dates its answers by its own clock, which tests move forward, like the events it makes."""
+    async with running_emulator(EmulatorConfig(knobs=Knobs(rate_limit_rps=0, delivery_enabled=False))) as emu:
+        emu.advance_clock(timedelta(days=2))
+        settings = replace(Settings(), stripe_api_key=Secret(emu.api_key), stripe_api_base=emu.base_url)
+        async with StripeApi(settings) as api:
+            sandbox = await api.create_sandbox(
+                {
+                    "enable_mcp_access": False,
+                    "onboarding_link_details": {"refresh_url": "https://p.test/r"},
+                    "prefill": {"email": "u@p.test", "country": "US"},
+                },
+                idempotency_key="dated-1",
+            )
+            answer = await api.fetch_sandbox(sandbox["id"])
+    assert answer.at is not None
+    assert abs(answer.at - emu.state.clock.now()) < timedelta(seconds=5)

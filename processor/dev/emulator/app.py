@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from email.utils import format_datetime
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from processor.dev.emulator import api, control, errors, guard, ids
+from processor.dev.emulator.clock import Clock
 from processor.dev.emulator.config import EmulatorConfig
 from processor.dev.emulator.state import EmulatorState
 
@@ -32,6 +36,32 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error.response(ids.request_id())
 
 
+class DateFromClock:
+    """Every answer's `Date` header is the emulator's clock, as Stripe's is Stripe's: the consumer compares it
+    with events' `created`, which the same clock stamps, also after a test moved the clock forward. Serve the
+    app without the server's own Date header (uvicorn `date_header=False`), or the answer carries two."""
+
+    def __init__(self, app: ASGIApp, clock: Clock) -> None:
+        self.app = app
+        self.clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # stamped when the request comes in, before the object is read: an answer never claims to be newer
+        # than what it shows
+        date = format_datetime(self.clock.now(), usegmt=True).encode()
+
+        async def send_with_date(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"date"]
+                message = {**message, "headers": [*headers, (b"date", date)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_date)
+
+
 def build_app(config: EmulatorConfig | EmulatorState | None = None) -> Starlette:
     """The emulator app; pass an `EmulatorState` to keep a handle on it (the in-process runner does)."""
     state = config if isinstance(config, EmulatorState) else EmulatorState(config or EmulatorConfig())
@@ -47,7 +77,7 @@ def build_app(config: EmulatorConfig | EmulatorState | None = None) -> Starlette
     app = Starlette(
         routes=[*api.routes(), *control.routes()],
         exception_handlers={HTTPException: _http_error},
-        middleware=guard.middleware(state.config),
+        middleware=[Middleware(DateFromClock, clock=state.clock), *guard.middleware(state.config)],
         lifespan=lifespan,
     )
     app.state.emulator = state

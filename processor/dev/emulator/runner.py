@@ -61,5 +61,7 @@ async def running_emulator(config: EmulatorConfig | None = None) -> AsyncIterato
     if config.port == 0:
         config = replace(config, port=free_port(config.host))
     state = EmulatorState(config)
-    async with serving(build_app(state), host=config.host, port=config.port, lifespan="on") as base_url:
+    async with serving(
+        build_app(state), host=config.host, port=config.port, lifespan="on", date_header=False
+    ) as base_url:
         yield RunningEmulator(base_url, config.api_keys[0], state)
