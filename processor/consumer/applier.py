@@ -39,6 +39,7 @@ from processor.errors import Anomaly, DatabaseUnavailable, PoisonEvent
 from processor.lifecycle import Decision, Outcome, State, decide, stripe_fields
 from processor.lifecycle.messages import SNAPSHOT_CONTENT_TYPE, state_snapshot
 from processor.lifecycle.walk import walk
+from processor.lifecycle.without_fetch import Seen
 
 #: sandboxes decided between two turns of the event loop. The statechart costs 0.5-3 ms per sandbox, so a
 #: 2,000-event batch decided in one go held the loop for 5-13 s on a loaded machine: the next batch, fetched
@@ -56,6 +57,20 @@ class Observation:
     #: None when the events and our stored state settled the state without a fetch (`without_fetch`)
     fetched: Mapping[str, Any] | None
     observed: State
+    #: Stripe's time of the fetch (its answer's `Date`); None without a fetch or without a Date
+    at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A sandbox as we hold it: its state, and Stripe's time of the newest fetch applied to it."""
+
+    state: State
+    observed_at: datetime | None
+
+    def seen(self) -> Seen | None:
+        """The newest applied Stripe answer, if one came with a time."""
+        return None if self.observed_at is None else Seen(self.state, self.observed_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,16 +120,18 @@ class Applier:
             raise DatabaseUnavailable(f"cannot read processed events: {exc}") from exc
         return {row["event_id"] for row in rows}
 
-    async def states(self, sandbox_ids: Sequence[str]) -> dict[str, State]:
-        """The stored state of each of `sandbox_ids` we know."""
+    async def states(self, sandbox_ids: Sequence[str]) -> dict[str, Held]:
+        """How we hold each of `sandbox_ids` we know."""
         if not sandbox_ids:
             return {}
         try:
             async with self.pool.acquire() as conn:
-                rows = await conn.fetch("SELECT id, state FROM sandboxes WHERE id = ANY($1)", list(sandbox_ids))
+                rows = await conn.fetch(
+                    "SELECT id, state, observed_at FROM sandboxes WHERE id = ANY($1)", list(sandbox_ids)
+                )
         except DATABASE_ERRORS as exc:
             raise DatabaseUnavailable(f"cannot read sandbox states: {exc}") from exc
-        return {row["id"]: State(row["state"]) for row in rows}
+        return {row["id"]: Held(State(row["state"]), row["observed_at"]) for row in rows}
 
     async def apply(
         self,
@@ -198,6 +215,7 @@ class Applier:
             row.dirty = True
         if row.dirty:
             row.last_event_id = reporting.event_id
+        _note_answer_time(obs, row)
         for event in obs.events:
             writes.processed.append(ProcessedRow(event.event_id, event.type, obs.sandbox_id, outcome))
             result.outcomes[outcome] += 1
@@ -379,6 +397,16 @@ class Applier:
                 f"{row.id}:v{row.version}",
             )
         )
+
+
+def _note_answer_time(obs: Observation, row: SandboxRow) -> None:
+    """Keep the time of an applied fetch (`without_fetch.Seen`), when the row is written anyway: a fetch that
+    changed nothing does not write its row, as that would move `updated_at`, which tells the reconciler and
+    the stuck-sandbox count how long the sandbox has not moved."""
+    if obs.at is None or not (row.dirty or row.touched):
+        return
+    if row.observed_at is None or obs.at > row.observed_at:
+        row.observed_at = obs.at
 
 
 def _fields(obs: Observation, row: SandboxRow) -> dict[str, Any] | None:

@@ -1,21 +1,22 @@
 """One polled batch of the lifecycle consumer made ready for its transaction: parsed, deduplicated (in the
-batch, against the batch being applied, against processed_events), and every sandbox whose state its events
-and our stored state cannot tell (`lifecycle.without_fetch`) fetched ONCE from Stripe for all of its events."""
+batch, against the batch being applied, against processed_events), and every sandbox whose state its events,
+our stored state and Stripe's last answer about it cannot tell (`lifecycle.without_fetch`) fetched ONCE from
+Stripe for all of its events."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from processor.consumer.applier import Applier, Observation
+from processor.consumer.applier import Applier, Held, Observation
 from processor.consumer.inbound import Action, Inbound, MalformedEvent, parse
 from processor.errors import PoisonEvent, StripeError
 from processor.eventlog.base import Record, TopicPartition
-from processor.lifecycle import State, observed_state
-from processor.lifecycle.without_fetch import state_without_fetch
+from processor.lifecycle import observed_state
+from processor.lifecycle.without_fetch import Seen, state_after
 from processor.runtime.metrics import WorkerMetrics
 from processor.stripe_api.client import StripeApi
 
@@ -67,6 +68,13 @@ class Batch:
             self.duplicates.pop(tp, None)
             self.ignored.pop(tp, None)
 
+    def answers(self) -> dict[str, Seen]:
+        """Stripe's answers this batch fetched (with their time): the next batch, prepared while this one
+        commits, reads them here, since the table does not hold them yet."""
+        return {
+            o.sandbox_id: Seen(o.observed, o.at) for o in self.observations if o.fetched is not None and o.at
+        }
+
     def applying_ids(self) -> set[str]:
         """Ids the transaction records as processed: the next batch, prepared meanwhile, treats them as done."""
         ids = {e.event_id for o in self.observations for e in o.events}
@@ -104,14 +112,17 @@ class BatchPreparer:
         self.not_found_delay_s = not_found_delay_s
         self._fetch_slots = asyncio.Semaphore(fetch_concurrency)
 
-    async def prepare(self, records: Sequence[Record], skip_ids: Collection[str]) -> Batch:
-        """Parse, deduplicate (in the batch, `skip_ids`, processed_events) and fetch each sandbox once."""
+    async def prepare(
+        self, records: Sequence[Record], skip_ids: Collection[str], answers: Mapping[str, Seen] | None = None
+    ) -> Batch:
+        """Parse, deduplicate (in the batch, `skip_ids`, processed_events) and fetch each sandbox once, unless
+        its events are settled without: `answers` are the fetches of the batch being applied (`Batch.answers`)."""
         batch = Batch(list(records), first_offsets(records))
         events = self._parse(batch, records, skip_ids)
         done = await self.applier.already_processed([e.event_id for e in events])
         batch.duplicates.update(e.record.tp for e in events if e.event_id in done)
         events = [e for e in events if e.event_id not in done]
-        await self._fetch(batch, events)
+        await self._fetch(batch, events, answers or {})
         batch.notices = [e for e in events if e.action is Action.NOTICE]
         batch.accounts = [e for e in events if e.action is Action.ACCOUNT]
         return batch
@@ -138,7 +149,7 @@ class BatchPreparer:
             events.append(event)
         return events
 
-    async def _fetch(self, batch: Batch, events: Sequence[Inbound]) -> None:
+    async def _fetch(self, batch: Batch, events: Sequence[Inbound], answers: Mapping[str, Seen]) -> None:
         """Fetch every observed sandbox once; a failed fetch marks its events' partitions failed."""
         by_sandbox: dict[str, list[Inbound]] = defaultdict(list)
         for event in events:
@@ -147,7 +158,8 @@ class BatchPreparer:
         # what we hold decides which sandboxes need a fetch at all (`without_fetch`)
         stored = await self.applier.states(list(by_sandbox))
         fetched = await asyncio.gather(
-            *(self._observe(sid, evs, stored.get(sid)) for sid, evs in by_sandbox.items()), return_exceptions=True
+            *(self._observe(sid, evs, stored.get(sid), answers.get(sid)) for sid, evs in by_sandbox.items()),
+            return_exceptions=True,
         )
         for (sandbox_id, evs), outcome in zip(by_sandbox.items(), fetched, strict=True):
             if isinstance(outcome, Observation):
@@ -161,10 +173,14 @@ class BatchPreparer:
             else:  # CancelledError and friends are not ours to swallow
                 raise outcome
 
-    async def _observe(self, sandbox_id: str, events: list[Inbound], current: State | None) -> Observation:
-        """The sandbox's state after its events: settled by them and `current` (our stored state) when they
-        can, else fetched from Stripe once for all of them."""
-        told = state_without_fetch((e.type for e in events), current)
+    async def _observe(
+        self, sandbox_id: str, events: list[Inbound], held: Held | None, answer: Seen | None
+    ) -> Observation:
+        """The sandbox's state after its events: settled by them, how we `held` it and the newest answer of
+        Stripe about it (stored, or the batch being applied's `answer`) when they can, else fetched from
+        Stripe once for all of them."""
+        seen = _newer(held.seen() if held else None, answer)
+        told = state_after(events, held.state if held else None, seen)
         self._count("fetched" if told is None else "not_needed")
         if told is not None:
             return Observation(sandbox_id, events, None, told)
@@ -172,7 +188,7 @@ class BatchPreparer:
         async with self._fetch_slots:
             for attempt in range(1, self.not_found_attempts + 1):
                 try:
-                    sandbox = await self.stripe.retrieve_sandbox(sandbox_id, newest.account)
+                    fetched = await self.stripe.fetch_sandbox(sandbox_id, newest.account)
                     break
                 except StripeError as exc:
                     if exc.status not in (400, 404):
@@ -182,8 +198,15 @@ class BatchPreparer:
                             f"sandbox {sandbox_id} not found after {attempt} attempts: {exc}"
                         ) from exc
                     await asyncio.sleep(self.not_found_delay_s * 2 ** (attempt - 1))
-        return Observation(sandbox_id, events, sandbox, observed_state(sandbox))
+        return Observation(sandbox_id, events, fetched.data, observed_state(fetched.data), fetched.at)
 
     def _count(self, how: str) -> None:
         if self.metrics is not None:
             self.metrics.sandbox_fetches.labels(how=how).inc()
+
+
+def _newer(stored: Seen | None, answer: Seen | None) -> Seen | None:
+    """The later of two answers (either may be missing)."""
+    if stored is None or (answer is not None and answer.at > stored.at):
+        return answer
+    return stored

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from processor import constants as c
@@ -34,6 +34,7 @@ from processor.db.pool import Database
 from processor.errors import CommitRejected, LogUnavailable, PoisonEvent
 from processor.eventlog.base import EventLog, LogConsumer, Record, TopicPartition
 from processor.lifecycle import State
+from processor.lifecycle.without_fetch import Seen
 from processor.runtime.metrics import WorkerMetrics
 from processor.settings import Settings
 from processor.stripe_api.budget import shared_budget
@@ -165,6 +166,8 @@ class LifecycleConsumer:
             # log drops what a fetch in flight read before it) are the re-read ones, and are kept.
             applying: asyncio.Task[None] | None = None
             applying_ids: Collection[str] = ()
+            #: Stripe's answers that batch fetched: the next one's events created before them need no fetch
+            applying_answers: Mapping[str, Seen] = {}
             try:
                 while not stop.is_set():
                     self.last_beat = time.monotonic()
@@ -175,19 +178,19 @@ class LifecycleConsumer:
                     if not records:
                         if applying is not None and applying.done():
                             applying.result()  # re-raises what ended the batch (the log failing on commit)
-                            applying, applying_ids = None, ()
+                            applying, applying_ids, applying_answers = None, (), {}
                         continue
-                    batch = await self._prepare_or_error(records, applying_ids)
+                    batch = await self._prepare_or_error(records, applying_ids, applying_answers)
                     if applying is not None:
                         await applying
-                        applying, applying_ids = None, ()
+                        applying, applying_ids, applying_answers = None, (), {}
                     rewound = {tp for tp, count in self.retries.rewinds.items() if rewinds_at_poll[tp] != count}
                     if isinstance(batch, Exception):  # read all of it again later (but not before a rewind)
                         rewind = {tp: offset for tp, offset in first_offsets(records).items() if tp not in rewound}
                         await self.retries.retry_later(consumer, rewind, batch)
                         continue
                     batch.drop(rewound)
-                    applying_ids = batch.applying_ids()
+                    applying_ids, applying_answers = batch.applying_ids(), batch.answers()
                     applying = asyncio.create_task(self._finish(consumer, batch), name="consumer-batch")
             finally:
                 if applying is not None:
@@ -198,10 +201,12 @@ class LifecycleConsumer:
                 self._consumer = None
 
     # --- one batch -----------------------------------------------------------------------------------------
-    async def _prepare_or_error(self, records: Sequence[Record], skip_ids: Collection[str]) -> Batch | Exception:
+    async def _prepare_or_error(
+        self, records: Sequence[Record], skip_ids: Collection[str], answers: Mapping[str, Seen]
+    ) -> Batch | Exception:
         """The prepared batch, or the error that kept the whole batch from being prepared (database, log)."""
         try:
-            return await self.preparer.prepare(records, skip_ids)
+            return await self.preparer.prepare(records, skip_ids, answers)
         except Exception as exc:  # the caller retries all of the batch's partitions
             return exc
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -30,9 +31,11 @@ class SandboxRow:
     stripe: dict[str, Any] | None
     version: int
     last_event_id: str | None
+    #: Stripe's time of the newest fetch applied to this row (`lifecycle.without_fetch.Seen`)
+    observed_at: datetime | None = None
     #: changed in a way readers see: a new version and snapshot
     dirty: bool = False
-    #: to be written back (dirty, or only the flags clock moved)
+    #: to be written back (dirty, or only the flags clock or the observation time moved)
     touched: bool = False
 
     @property
@@ -103,15 +106,16 @@ async def write_batch(conn: Connection, changed: Sequence[SandboxRow], writes: W
 async def _upsert_sandboxes(conn: Connection, changed: Sequence[SandboxRow]) -> None:
     await conn.execute(
         "INSERT INTO sandboxes (id, state, sequence, flags, flags_as_of_ms, stripe, sandbox_account,"
-        " owner_account, version, last_event_id)"
-        " SELECT id, state, seq, flags::jsonb, as_of, stripe::jsonb, sacct, oacct, version, last_event"
+        " owner_account, version, last_event_id, observed_at)"
+        " SELECT id, state, seq, flags::jsonb, as_of, stripe::jsonb, sacct, oacct, version, last_event, seen"
         " FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bigint[], $6::text[],"
-        " $7::text[], $8::text[], $9::int[], $10::text[])"
-        " AS u(id, state, seq, flags, as_of, stripe, sacct, oacct, version, last_event)"
+        " $7::text[], $8::text[], $9::int[], $10::text[], $11::timestamptz[])"
+        " AS u(id, state, seq, flags, as_of, stripe, sacct, oacct, version, last_event, seen)"
         " ON CONFLICT (id) DO UPDATE SET state = excluded.state, sequence = excluded.sequence,"
         " flags = excluded.flags, flags_as_of_ms = excluded.flags_as_of_ms, stripe = excluded.stripe,"
         " sandbox_account = excluded.sandbox_account, owner_account = excluded.owner_account,"
-        " version = excluded.version, last_event_id = excluded.last_event_id, updated_at = now()",
+        " version = excluded.version, last_event_id = excluded.last_event_id,"
+        " observed_at = excluded.observed_at, updated_at = now()",
         [r.id for r in changed],
         [str(r.state) for r in changed],
         [r.sequence for r in changed],
@@ -122,6 +126,7 @@ async def _upsert_sandboxes(conn: Connection, changed: Sequence[SandboxRow]) -> 
         [r.accounts[1] for r in changed],
         [r.version for r in changed],
         [r.last_event_id for r in changed],
+        [r.observed_at for r in changed],
     )
 
 
@@ -144,4 +149,5 @@ def _sandbox_row(record: asyncpg.Record) -> SandboxRow:
         stripe=orjson.loads(stripe) if isinstance(stripe, str | bytes) else stripe,
         version=int(record["version"]),
         last_event_id=record["last_event_id"],
+        observed_at=record["observed_at"],
     )

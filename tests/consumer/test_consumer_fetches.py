@@ -3,16 +3,31 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import timedelta
+
+import asyncpg
 import httpx
 
+from processor import constants as c
+from processor.consumer.loop import ConsumerOptions, run_consumer
 from processor.db.pool import Database
+from processor.dev.emulator.config import Knobs
 from processor.dev.emulator.runner import RunningEmulator
 from processor.eventlog.postgres.log import PostgresEventLog
 from processor.lifecycle import State
 from processor.settings import Settings
 from processor.stripe_api.client import StripeApi
 from tests.consumer.test_consumer_end_to_end import worker
-from tests.support.lifecycle_harness import create_sandboxes, emulator_stack, expected_states, settled, wait_for
+from tests.support.lifecycle_harness import (
+    create_sandboxes,
+    db_states,
+    emulator_stack,
+    expected_states,
+    publish_made,
+    settled,
+    wait_for,
+)
 
 
 async def fetches(emu: RunningEmulator) -> int:
@@ -48,3 +63,57 @@ async def test_real_time_events_are_fetched_only_when_stripe_must_tell(
             await step(sandboxes.install_app(goes_live, True))
             assert await fetches(emu) == 2
     assert expected_states(emu, ids) == {expires: State.EXPIRED, goes_live: State.LIVE, stays: State.UNCLAIMED}
+
+
+async def test_a_backlog_fetches_a_sandbox_once_although_its_events_straddle_batches(
+    pg_settings: Settings, pg_log: PostgresEventLog, pg_dsn: str
+) -> None:
+    """A sandbox's events, already in the log when the consumer reads them one batch at a time: the fetch of
+    the first event that needs Stripe already shows the later ones (created before it), so they cost no fetch
+    of their own, whether the batch that fetched has committed or is still being applied."""
+    knobs = Knobs(rate_limit_rps=0, delivery_enabled=False)
+    async with emulator_stack(pg_settings, pg_log, knobs) as stack:
+        emu, sandboxes = stack.emu, stack.emu.state.sandboxes
+        async with StripeApi(stack.settings) as api:
+            [sandbox_id] = await create_sandboxes(api, 1, "straddle")
+        sandboxes.claim(sandbox_id, "new")  # claimed: only Stripe knows what comes next
+        sandboxes.submit_application(sandbox_id)  # updated
+        sandboxes.install_app(sandbox_id, True)  # updated (and live)
+        await pg_log.ensure_topics([stack.settings.topic(t) for t in c.ALL_TOPICS])
+        events, _ = await publish_made(emu, pg_log, stack.settings.topic(c.TOPIC_EVENTS))
+        # the consumer reads the backlog a while after it happened, as in any backlog
+        emu.advance_clock(timedelta(minutes=1))
+        stop = asyncio.Event()
+        options = ConsumerOptions(batch_size=1, poll_timeout_s=0.05)  # a batch per event: every one straddles
+        async with Database(stack.settings) as db:
+            consumer = asyncio.create_task(run_consumer(stack.settings, pg_log, db, stop, options=options))
+            try:
+                await wait_for(lambda: processed(pg_dsn, events), 60, "the backlog to be applied")
+            finally:
+                stop.set()
+                await asyncio.wait_for(consumer, 30)
+        assert await fetches(emu) == 1  # the `claimed` event's; both `updated` events are behind its answer
+        assert expected_states(emu, [sandbox_id]) == {sandbox_id: State.LIVE}
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            assert await db_states(conn) == {sandbox_id: State.LIVE}
+            outcomes = sorted(
+                (r["event_type"].rsplit(".", 1)[1], r["outcome"])
+                for r in await conn.fetch(
+                    "SELECT event_type, outcome FROM processed_events WHERE sandbox_id = $1 AND event_type LIKE $2",
+                    sandbox_id,
+                    "v2.core.claimable_sandbox.%",
+                )
+            )
+        finally:
+            await conn.close()
+        # the claim's answer moved it to live; both updates are behind that answer
+        assert outcomes == [("claimed", "applied"), ("created", "applied"), ("updated", "stale"), ("updated", "stale")]
+
+
+async def processed(dsn: str, count: int) -> bool:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM processed_events")) >= count
+    finally:
+        await conn.close()

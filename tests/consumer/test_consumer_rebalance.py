@@ -11,7 +11,7 @@ from processor.db.pool import Database
 from processor.errors import StripeError
 from processor.eventlog.kafka.log import KafkaEventLog
 from processor.settings import Secret, Settings
-from processor.stripe_api.client import StripeApi
+from processor.stripe_api.client import Answer, StripeApi
 from tests.support.lifecycle_harness import create_sandboxes, emulator_stack, wait_for
 
 
@@ -24,12 +24,12 @@ class GatedStripe(StripeApi):
         self.failures = 0
         self.failed_ids: set[str] = set()
 
-    async def retrieve_sandbox(self, sandbox_id: str, context: str | None = None) -> dict[str, Any]:
+    async def fetch_sandbox(self, sandbox_id: str, context: str | None = None, **options: Any) -> Answer:
         if not self.gate.is_set():
             self.failures += 1
             self.failed_ids.add(sandbox_id)
             raise StripeError("injected 503", status=503, retriable=True)
-        return await super().retrieve_sandbox(sandbox_id, context)
+        return await super().fetch_sandbox(sandbox_id, context, **options)
 
 
 def running(*tasks: asyncio.Task[None] | None) -> None:

@@ -14,7 +14,7 @@ from processor.db.pool import Database
 from processor.errors import StripeError
 from processor.eventlog.postgres.log import PostgresEventLog
 from processor.settings import Settings
-from processor.stripe_api.client import StripeApi
+from processor.stripe_api.client import Answer, StripeApi
 from tests.support.lifecycle_harness import create_sandboxes, emulator_stack, wait_for
 
 
@@ -27,13 +27,13 @@ class FailsOnceFor(StripeApi):
         self.calls = 0
         self.refetched = asyncio.Event()
 
-    async def retrieve_sandbox(self, sandbox_id: str, context: str | None = None) -> dict[str, Any]:
+    async def fetch_sandbox(self, sandbox_id: str, context: str | None = None, **options: Any) -> Answer:
         if sandbox_id == self.sandbox_id:
             self.calls += 1
             if self.calls == 1:
                 raise StripeError("injected 503", status=503, retriable=True)
             self.refetched.set()
-        return await super().retrieve_sandbox(sandbox_id, context)
+        return await super().fetch_sandbox(sandbox_id, context, **options)
 
 
 async def test_partition_reread_while_the_rewinding_batch_commits_is_applied(

@@ -15,12 +15,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncpg
+import orjson
 
 from processor import constants as c
 from processor.dev.emulator.config import EmulatorConfig, Knobs
 from processor.dev.emulator.runner import RunningEmulator, running_emulator
 from processor.eventlog.base import EventLog, Record
 from processor.ingress.app import build_app
+from processor.ingress.envelope import parse_envelope
 from processor.lifecycle import State, observed_state
 from processor.lifecycle.machine import transitions
 from processor.runtime.serving import serving
@@ -134,6 +136,22 @@ async def read_topic(log: EventLog, topic: str) -> list[Record]:
         if end:
             records.extend(await log.read(tp, 0, end))
     return records
+
+
+async def publish_made(emu: RunningEmulator, log: EventLog, topic: str, after: int = 0) -> tuple[int, int]:
+    """The events the emulator made after its event number `after` into `log`, in the order they happened, as
+    the ingress writes them (webhooks need not be delivered); returns how many, and the last event number."""
+    records: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = []
+    last = after
+    for event in emu.state.store.events:
+        if event.seq <= after:
+            continue
+        last = event.seq
+        body = orjson.dumps(event.v1_payload if event.v1_payload is not None else event.notification())
+        envelope = parse_envelope(body)
+        records.append((topic, envelope.key.encode(), body, [(c.H_EVENT_ID, envelope.id.encode())]))
+    await log.publish_many(records)
+    return len(records), last
 
 
 async def wait_for(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
