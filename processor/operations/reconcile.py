@@ -9,7 +9,19 @@ and lists the v1 account events we handle (`GET /v1/events`) to apply the ones n
 resumable: its cursor (the last sandbox id done) is saved after every batch.
 
 A repair means webhooks were lost, so it is never silent: each one is a `repair` row in the sandbox's history
-(in the same transaction as the change), a warning in the log, and a call of `on_repair` (a metric).
+(in the same transaction as the change), a warning in the log, and a call of `on_repair` (a metric). So a pass
+must not "repair" what webhooks are still about to do:
+
+- Events Stripe created less than `age` ago may still be on their way (Stripe delivers late, and retries for
+  days), so discovery only looks at sandbox events older than `age`, as the account-event recovery does and as
+  the known sandboxes are picked (not updated for `age`). The bound reads Stripe's `created` against our clock:
+  a skew of seconds against an age of an hour.
+- Events already delivered may wait in the consumer's lag (a backlog takes minutes to hours to drain at
+  Stripe's rate). Given the event log (the periodic reconciler of `processor run` gives it), every batch of
+  fetched sandboxes waits, before it is applied, until the consumer has applied every event the log held when
+  the batch was fetched; the Applier then decides again under the sandbox's lock, so a sandbox those events
+  moved is in sync (stale), not repaired. Without the log (the CLI, the API: an operator's explicit run) there
+  is no wait.
 """
 
 from __future__ import annotations
@@ -30,11 +42,12 @@ from processor.consumer.applier import Applier, BatchResult, Observation, Repair
 from processor.consumer.inbound import SANDBOX_PREFIX, Action, Inbound, parse
 from processor.db.pool import Database
 from processor.errors import PoisonEvent, StripeError
-from processor.eventlog.base import Record
+from processor.eventlog.base import EventLog, Record
 from processor.lifecycle import Outcome, State, decide, observed_state
 from processor.lifecycle.messages import rfc3339
 from processor.operations.progress import NoProgress, Progress
 from processor.operations.replay import STRIPE_RETENTION
+from processor.operations.status import log_position, wait_applied
 from processor.operations.stripe_events import v1_account_events
 from processor.settings import Settings
 from processor.stripe_api.client import StripeApi
@@ -110,10 +123,24 @@ class _Pass:
     stripe: StripeApi
     report: ReconcileReport
     on_repair: Callable[[Repair], None] | None
+    settings: Settings | None = None
+    #: the event log the consumer reads: repairs wait until it has applied what the log held (module docstring)
+    event_log: EventLog | None = None
 
     @property
     def label(self) -> str:
         return f"reconcile {self.report.run_id}"
+
+    async def log_position(self) -> dict[int, int] | None:
+        """Where the event log ends now (None without one): taken before a batch is fetched."""
+        if self.event_log is None or self.settings is None:
+            return None
+        return await log_position(self.settings, self.event_log)
+
+    async def consumer_past(self, position: dict[int, int] | None) -> None:
+        """Wait until the consumer has applied every event up to `position`."""
+        if position is not None and self.event_log is not None and self.settings is not None:
+            await wait_applied(self.settings, self.event_log, position)
 
     def applied(self, result: BatchResult) -> None:
         """Tally what one Applier transaction did; every repair becomes a warning and a metric."""
@@ -193,23 +220,26 @@ async def reconcile(
     cursor: str = "cli",
     progress: Progress | None = None,
     on_repair: Callable[[Repair], None] | None = None,
+    event_log: EventLog | None = None,
 ) -> ReconcileReport:
     """One reconcile pass (resuming the interrupted pass under `cursor`); see the module docstring.
 
-    `discover` also searches Stripe's events of `discover_window` for sandboxes we do not know and for v1
-    account events older than `age` that were never processed."""
+    `discover` also searches Stripe's events of `discover_window` older than `age` for sandboxes we do not know
+    and for v1 account events that were never processed. With `event_log`, nothing is repaired before the
+    consumer has applied what the log held when it was fetched."""
     progress = progress or NoProgress()
     applier = Applier(db.pool, settings.topic(c.TOPIC_TRANSITIONS), settings.topic(c.TOPIC_STATE))
     run_id, last_id, resumed, total = await _start(db, cursor, age)
     report = ReconcileReport(run_id, dry_run, resumed=resumed)
-    run = _Pass(db, applier, stripe, report, on_repair)
+    run = _Pass(db, applier, stripe, report, on_repair, settings, event_log)
     progress.total(min(total, limit) if limit is not None else total)
     try:
         await _check_known(run, age, last_id, limit, None if dry_run else cursor, progress)
         if discover and (limit is None or report.checked < limit):
             since = datetime.now(UTC) - min(discover_window, STRIPE_RETENTION)
-            await _discover(run, since)
-            await _recover_account_events(run, since, datetime.now(UTC) - age)
+            until = datetime.now(UTC) - age
+            await _discover(run, since, until)
+            await _recover_account_events(run, since, until)
     finally:
         progress.close()
     if not dry_run and (limit is None or report.checked < limit):
@@ -258,6 +288,7 @@ async def _repair(run: _Pass, current: dict[str, State | None]) -> None:
     """Fetch the sandboxes in `current` (None = unknown to us) and apply every one that is not in sync."""
     report = run.report
     report.checked += len(current)
+    position = await run.log_position()
     fetched = await _fetch_all(run.stripe, sorted(current), report)
     observations = []
     for sandbox_id, sandbox in sorted(fetched.items()):
@@ -271,26 +302,33 @@ async def _repair(run: _Pass, current: dict[str, State | None]) -> None:
             report.in_sync += 1
         else:
             observations.append(observation)
-    for observation in observations:
-        decision = decide(current[observation.sandbox_id], observation.observed)
-        if decision.outcome is Outcome.ADVANCE:
-            report.repaired[str(observation.observed)] += 1
-            if report.dry_run:
+    if report.dry_run:
+        for observation in observations:
+            decision = decide(current[observation.sandbox_id], observation.observed)
+            if decision.outcome is Outcome.ADVANCE:
+                report.repaired[str(observation.observed)] += 1
                 report.transitions += len(decision.steps)
-        elif report.dry_run and decision.outcome is Outcome.STALE:
-            report.stale += 1
-        elif report.dry_run:
-            report.anomalies += 1
-    if report.dry_run or not observations:
+            elif decision.outcome is Outcome.STALE:
+                report.stale += 1
+            else:
+                report.anomalies += 1
         return
+    if not observations:
+        return
+    await run.consumer_past(position)
     # the Applier decides again under the sandbox's lock: a webhook applied meanwhile is taken into account
-    run.applied(await run.applier.apply(observations, [], [], repair=run.label))
+    result = await run.applier.apply(observations, [], [], repair=run.label)
+    moved = {r.sandbox_id for r in result.repairs if r.kind == "state"}
+    report.repaired.update(str(o.observed) for o in observations if o.sandbox_id in moved)
+    run.applied(result)
 
 
-async def _discover(run: _Pass, since: datetime) -> None:
-    """Register sandboxes that Stripe's sandbox events name but our database does not know."""
+async def _discover(run: _Pass, since: datetime, until: datetime) -> None:
+    """Register sandboxes that Stripe's sandbox events of [since, until] name but our database does not know."""
     named: set[str] = set()
-    params: dict[str, Any] | None = {"limit": 100, "created[gte]": rfc3339(since)}
+    if until < since:
+        return
+    params: dict[str, Any] | None = {"limit": 100, "created[gte]": rfc3339(since), "created[lte]": rfc3339(until)}
     page_url: str | None = None
     while True:
         page = await run.stripe.list_events(params, page_url=page_url)
@@ -319,6 +357,7 @@ async def _discover(run: _Pass, since: datetime) -> None:
 async def _recover_account_events(run: _Pass, since: datetime, until: datetime) -> None:
     """Apply the v1 account events Stripe lists in [since, until] that were never processed (their webhook
     was lost), exactly as the consumer would have: a dropped deauthorization still sets the flag."""
+    position = await run.log_position()
     events: list[Inbound] = []
     async for payload in v1_account_events(run.stripe, since, until):
         body = orjson.dumps(payload)
@@ -328,6 +367,8 @@ async def _recover_account_events(run: _Pass, since: datetime, until: datetime) 
         except PoisonEvent as exc:
             run.report.failed += 1
             log.warning("reconcile: skipping an account event Stripe lists: %s", exc)
+    if events and not run.report.dry_run:
+        await run.consumer_past(position)  # one the consumer still holds is not lost
     for start in range(0, len(events), BATCH):
         chunk = events[start : start + BATCH]
         done = await run.applier.already_processed([e.event_id for e in chunk])

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +95,23 @@ async def consumer_lag(settings: Settings, log_: EventLog) -> tuple[PartitionLag
     return tuple(
         PartitionLag(tp.partition, end, committed.get(tp, 0)) for tp, end in sorted(ends.items())
     )
+
+
+async def log_position(settings: Settings, log_: EventLog) -> dict[int, int]:
+    """Where each partition of stripe.events ends now: `wait_applied` waits for the consumer to pass it."""
+    return {tp.partition: end for tp, end in (await log_.end_offsets(settings.topic(c.TOPIC_EVENTS))).items()}
+
+
+async def wait_applied(
+    settings: Settings, log_: EventLog, position: Mapping[int, int], *, interval_s: float = 1.0
+) -> None:
+    """Return once the lifecycle group has committed every partition up to `position` (`log_position`): every
+    event the log held then is applied or dead-lettered. Waits as long as it takes; cancel it to give up."""
+    while True:
+        committed = {p.partition: p.committed for p in await consumer_lag(settings, log_)}
+        if all(committed.get(partition, 0) >= end for partition, end in position.items()):
+            return
+        await asyncio.sleep(interval_s)
 
 
 async def read_status(settings: Settings, log_: EventLog, db: Database) -> Status:

@@ -42,7 +42,10 @@ async def run_reconciler(
     """Reconcile every `interval_s` until `stop_event` is set (for `processor run`); one replica at a time.
 
     With `event_log`, the first pass waits until the consumer has caught up (no lag, no unpublished outbox
-    row): right after a crash, what the log still holds is the consumer's to apply, not a repair. Each repair
+    row): right after a crash, what the log still holds is the consumer's to apply, not a repair. Every pass
+    then holds each batch of repairs back until the consumer has applied what the log held when the batch was
+    fetched (a backlog that built up later is the consumer's too), and discovers only sandboxes whose events are
+    older than `age` (processor.operations.reconcile). Each repair
     counts in `metrics` (processor_reconcile_repairs_total) besides its warning and history row.
 
     A pass under way when `stop_event` is set is cancelled rather than finished (a pass over many sandboxes at
@@ -59,7 +62,8 @@ async def run_reconciler(
                 if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RECONCILE_LOCK_ID):
                     try:
                         work = reconcile(
-                            settings, db, stripe_api, age=age, cursor=PERIODIC_CURSOR, on_repair=on_repair
+                            settings, db, stripe_api, age=age, cursor=PERIODIC_CURSOR, on_repair=on_repair,
+                            event_log=event_log,
                         )
                         await _until_stopped(work, stop_event)
                     finally:
