@@ -6,9 +6,10 @@ no token configured every request is refused (`auth.authenticated`, the same che
 and answers are JSON, lists are pages (`processor.paging`), errors are RFC 9457 problems
 (`processor.api.responses.problem`), as everywhere under /v1.
 
-Replays and DLQ purges read the whole log or DLQ, which takes longer than a client waits: POST starts a
-background job (`processor.operations.jobs`) and answers 202 with the job and a Location to poll
-(`/v1/ops/replays/{id}`, `/v1/ops/jobs/{id}`); 429 when this process runs as many jobs as it may.
+Replays, DLQ purges and reconcile passes read the whole log, DLQ or sandbox table (a reconcile fetches from
+Stripe at the key's rate), which takes longer than a client waits: POST starts a background job
+(`processor.operations.jobs`) and answers 202 with the job and a Location to poll (`/v1/ops/replays/{id}`,
+`/v1/ops/jobs/{id}`); 429 when this process runs as many jobs as it may.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from processor.operations import dlq as dlq_ops
 from processor.operations.event_lookup import DEFAULT_PAGE, list_processed, show_event, unmatched_account_events
 from processor.operations.inspect import DEFAULT_LAST, DEFAULT_SANDBOX_PAGE, list_sandboxes, show_sandbox
 from processor.operations.jobs import Job, OperatorJobs
-from processor.operations.reconcile import DEFAULT_AGE, reconcile
+from processor.operations.reconcile import DEFAULT_AGE
 from processor.operations.replay import ReplayRun, list_replay_runs
 from processor.operations.status import read_status
 from processor.operations.timespec import parse_duration, parse_moment
@@ -48,7 +49,7 @@ from processor.stripe_api.client import StripeApi
 log = logging.getLogger(__name__)
 
 #: answers to errors an operator can act on: the run is going on elsewhere, or this process is at its limit
-_STATUS_OF_CODE = {"replay_in_progress": 409, "replays_busy": 429, "jobs_busy": 429}
+_STATUS_OF_CODE = {"replay_in_progress": 409, "reconcile_in_progress": 409, "replays_busy": 429, "jobs_busy": 429}
 #: replay runs per page of GET /v1/ops/replays unless asked otherwise
 DEFAULT_RUNS_PAGE = 50
 
@@ -162,17 +163,13 @@ async def post_reconcile(ops: Ops, request: Request) -> Response:
         raise BadRequest("no Stripe client is configured")
     body = await given.json_body(request)
     age_text = given.text(body, "age")
-    report = await reconcile(
-        ops.settings,
-        ops.db,
-        ops.stripe,
+    job = ops.jobs.start_reconcile(
         age=parse_duration(age_text) if age_text else DEFAULT_AGE,
         dry_run=given.flag(body, "dry_run"),
         discover=body.get("discover", True) is not False,
         limit=given.reconcile_limit(body, 10_000) if "limit" in body else None,
-        cursor="http",
     )
-    return json_response(report.as_dict())
+    return _started(job, f"/v1/ops/jobs/{quote(job.id, safe='')}")
 
 
 async def get_dlq(ops: Ops, request: Request) -> Response:

@@ -18,7 +18,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -27,6 +27,7 @@ from processor.db.pool import Database
 from processor.errors import ProcessorError
 from processor.eventlog.base import EventLog
 from processor.operations import dlq as dlq_ops
+from processor.operations.reconcile import reconcile
 from processor.operations.replay import ReplayRequest, replay
 from processor.settings import Settings
 from processor.stripe_api.client import StripeApi
@@ -56,6 +57,12 @@ class JobRunning(ProcessorError):
     """A job with this id (the same replay run) is running in this process now."""
 
     code = "replay_in_progress"
+
+
+class ReconcileRunning(JobRunning):
+    """A reconcile pass is running in this process now (a second would resume the same interrupted pass)."""
+
+    code = "reconcile_in_progress"
 
 
 class ShuttingDown(ProcessorError):
@@ -168,6 +175,22 @@ class OperatorJobs:
             return {"purged": report.purged, "deleted_from_log": report.deleted}
 
         return self._start("dlq_purge", f"purge-{secrets.token_hex(6)}", params, work, None)
+
+    def start_reconcile(self, *, age: timedelta, dry_run: bool, discover: bool, limit: int | None) -> Job:
+        """Start a reconcile pass now (one at a time here: a second would resume the same interrupted pass)."""
+        if self._stripe is None:
+            raise ValueError("no Stripe client is configured")
+        if any(job.running for job in self.jobs("reconcile")):
+            raise ReconcileRunning("a reconcile pass is already running here; follow it at /v1/ops/jobs")
+        stripe = self._stripe
+        params = {"age_s": age.total_seconds(), "dry_run": dry_run, "discover": discover, "limit": limit}
+
+        async def work(progress: JobProgress) -> dict[str, Any]:
+            report = await reconcile(self._settings, self._db, stripe, age=age, dry_run=dry_run, discover=discover,
+                                     limit=limit, cursor="http", progress=progress)
+            return report.as_dict()
+
+        return self._start("reconcile", f"reconcile-{secrets.token_hex(6)}", params, work, None)
 
     def _start(self, kind: str, job_id: str, params: dict[str, Any], work: Work, expected: int | None) -> Job:
         if self._closed:

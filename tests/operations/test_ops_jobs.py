@@ -1,6 +1,6 @@
-"""Replays and DLQ purges asked for over HTTP run as background jobs of `processor run`'s app: POST answers 202
-with a Location at once, however long the job takes; a process runs a bounded number of jobs and refuses more;
-shutdown cancels running jobs and marks them interrupted.
+"""Replays, DLQ purges and reconcile passes asked for over HTTP run as background jobs of `processor run`'s app:
+POST answers 202 with a Location at once, however long the job takes; a process runs a bounded number of jobs
+and refuses more; shutdown cancels running jobs and marks them interrupted.
 
 The jobs are held on a gate the test controls: a lock on `dlq_replays` (every replay of the DLQ and every purge
 reads it first), taken by the test's own connection, so "the job is still running" needs no timing."""
@@ -63,12 +63,13 @@ async def client(served: Served) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @contextlib.asynccontextmanager
-async def gate(pg_dsn: str) -> AsyncIterator[None]:
-    """While open, every job that reads `dlq_replays` waits."""
+async def gate(pg_dsn: str, table: str = "dlq_replays") -> AsyncIterator[None]:
+    """While open, every job that reads `table` waits (replays of the DLQ and purges read `dlq_replays`, a
+    reconcile pass `reconcile_cursors`)."""
     conn = await asyncpg.connect(pg_dsn)
     try:
         async with conn.transaction():
-            await conn.execute("LOCK TABLE dlq_replays IN ACCESS EXCLUSIVE MODE")
+            await conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
             yield
     finally:
         await conn.close()
@@ -126,6 +127,26 @@ async def test_replay_and_purge_answer_202_while_the_job_still_runs(app: Served,
         assert (purge["status"], purge["result"]) == ("finished", {"purged": 1, "deleted_from_log": True})
         open_ones = (await http.get("/v1/ops/dlq")).json()["data"]
         assert open_ones == [] and replayed_one != purged_one
+
+
+async def test_reconcile_answers_202_and_runs_one_pass_at_a_time(app: Served, pg_dsn: str) -> None:
+    """POST /v1/ops/reconcile answers 202 while its pass is held (it used to answer only when the pass, Stripe
+    fetches at the key's rate included, had ended); a second POST meanwhile is 409; the job's result is the
+    pass's report."""
+    async with client(app) as http:
+        async with gate(pg_dsn, "reconcile_cursors"):
+            started = await http.post("/v1/ops/reconcile", json={"dry_run": True, "age": "0s"})
+            assert started.status_code == 202, started.text
+            location = started.headers["location"]
+            assert location == f"/v1/ops/jobs/{started.json()['id']}"
+            assert (await http.get(location)).json()["status"] == "running"
+            again = await http.post("/v1/ops/reconcile", json={"dry_run": True})
+            assert (again.status_code, again.json()["code"]) == (409, "reconcile_in_progress")
+        report = await finished(http, location)
+        assert (report["status"], report["kind"], report["error"]) == ("finished", "reconcile", None)
+        assert report["result"]["dry_run"] is True and report["result"]["checked"] == 0
+        bad = await http.post("/v1/ops/reconcile", json={"age": "soon"})
+        assert (bad.status_code, bad.headers["content-type"]) == (400, "application/problem+json")
 
 
 async def test_jobs_beyond_the_limit_are_refused_not_queued(app: Served, pg_dsn: str) -> None:
