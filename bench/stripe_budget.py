@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import re
 import statistics
@@ -273,9 +274,13 @@ async def backlog(rig: Rig, variant: Variant, items: list[tuple[str, bytes, byte
             await ready(f"http://127.0.0.1:{health}/readyz")
             rig.emu.state.faults.usage.reset()
             started = time.perf_counter()
+            drained = asyncio.Event()
+            sampler = asyncio.create_task(get_timeline(rig, started, drained))
             handled = await publish(log, f"{prefix}{c.TOPIC_EVENTS}", items)
             await wait_processed(dsn, handled)
             elapsed = time.perf_counter() - started
+            drained.set()
+            timeline = where_the_time_went(await sampler, elapsed)
             trips = await round_trips([f"http://127.0.0.1:{health}/metrics"])
         finally:
             stop(procs)
@@ -287,7 +292,30 @@ async def backlog(rig: Rig, variant: Variant, items: list[tuple[str, bytes, byte
     return {"events": handled, "gets": gets, "per_event": gets / handled, "drain_s": elapsed, "floor_s": floor,
             "vs_floor": elapsed / floor if floor else float("nan"),
             "vs_floor_at_budget_rate": elapsed / budget_floor if budget_floor else float("nan"),
-            "429": seen["rate_limited"], **trips}  # type: ignore[dict-item]
+            "429": seen["rate_limited"], **timeline, **trips}  # type: ignore[dict-item]
+
+
+async def get_timeline(rig: Rig, started: float, done: asyncio.Event, every_s: float = 0.25) -> list[tuple[float, int]]:
+    """(seconds since `started`, sandbox GETs the emulator answered so far), every `every_s` until `done`."""
+    samples: list[tuple[float, int]] = []
+    while not done.is_set():
+        samples.append((time.perf_counter() - started, rig.usage()["by_operation"].get("retrieve_sandbox", 0)))  # type: ignore[union-attr]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), every_s)
+    return samples
+
+
+def where_the_time_went(samples: list[tuple[float, int]], elapsed: float) -> dict[str, float]:
+    """The drain split by the GETs going out: before the first (`head_s`), sampling intervals between the first
+    and the last in which none went out (`gaps_s`), after the last (`tail_s`), and the GET rate in between."""
+    moving = [(t0, t1) for (t0, g0), (t1, g1) in itertools.pairwise(samples) if g1 > g0]
+    if not moving:
+        return {}
+    first, last = moving[0][0], moving[-1][1]
+    busy = sum(t1 - t0 for t0, t1 in moving)
+    gets = samples[-1][1]
+    return {"head_s": first, "gaps_s": (last - first) - busy, "tail_s": elapsed - last,
+            "gets_per_s_fetching": gets / busy if busy else float("nan")}
 
 
 @dataclass
