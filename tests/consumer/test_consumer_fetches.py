@@ -8,14 +8,19 @@ from datetime import timedelta
 
 import asyncpg
 import httpx
+import orjson
 
 from processor import constants as c
+from processor.consumer.applier import Applier
+from processor.consumer.batch import BatchPreparer
 from processor.consumer.loop import ConsumerOptions, run_consumer
 from processor.db.pool import Database
 from processor.dev.emulator.config import Knobs
 from processor.dev.emulator.runner import RunningEmulator
+from processor.eventlog.base import Record
 from processor.eventlog.postgres.log import PostgresEventLog
 from processor.lifecycle import State
+from processor.lifecycle.without_fetch import Seen
 from processor.settings import Settings
 from processor.stripe_api.client import StripeApi
 from tests.consumer.test_consumer_end_to_end import worker
@@ -117,3 +122,33 @@ async def processed(dsn: str, count: int) -> bool:
         return int(await conn.fetchval("SELECT count(*) FROM processed_events")) >= count
     finally:
         await conn.close()
+
+
+async def test_the_batch_being_applied_answers_for_the_next_one(
+    pg_settings: Settings, pg_log: PostgresEventLog, database: Database
+) -> None:
+    """The batch prepared while the previous one commits reads that batch's answers from memory (the table does
+    not hold them yet): events created before such an answer cost no fetch; without it they are fetched."""
+    knobs = Knobs(rate_limit_rps=0, delivery_enabled=False)
+    async with emulator_stack(pg_settings, pg_log, knobs) as stack:
+        emu = stack.emu
+        async with StripeApi(stack.settings) as api:
+            [sandbox_id] = await create_sandboxes(api, 1, "carried")
+            emu.state.sandboxes.claim(sandbox_id, "new")
+            [claimed] = [e for e in emu.state.store.events if e.type.endswith(".claimed")]
+            body = orjson.dumps(claimed.notification())
+            records = [Record("t", 0, 0, sandbox_id.encode(), body, (), 0)]
+            emu.advance_clock(timedelta(minutes=1))
+            answered = Seen(State.PENDING_ONBOARDING, emu.state.clock.now())
+            applier = Applier(database.pool, "t.transitions", "t.state")
+            preparer = BatchPreparer(applier, api, fetch_concurrency=4, not_found_attempts=1, not_found_delay_s=0)
+
+            carried = await preparer.prepare(records, (), {sandbox_id: answered})
+            assert await fetches(emu) == 0
+            [observation] = carried.observations
+            assert (observation.fetched, observation.observed) == (None, State.PENDING_ONBOARDING)
+
+            alone = await preparer.prepare(records, ())
+            assert await fetches(emu) == 1
+            assert alone.observations[0].observed is State.PENDING_ONBOARDING
+            assert alone.answers() == {sandbox_id: Seen(State.PENDING_ONBOARDING, alone.observations[0].at)}
