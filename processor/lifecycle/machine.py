@@ -120,6 +120,14 @@ class Lifecycle:
         return state
 
     @property
+    def initial(self) -> State:
+        """The chart's initial state, where a new sandbox begins."""
+        initial = self._machine.initial_state
+        if initial is None:  # chart() refuses such a file; unreachable
+            raise ChartError("the statechart has no initial state")
+        return State(initial.id)
+
+    @property
     def terminated(self) -> bool:
         """Whether the machine entered a final state: it takes no event after that, not even after `restart`."""
         return bool(self._machine.is_terminated)

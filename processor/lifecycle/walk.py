@@ -1,10 +1,15 @@
 """Walking a sandbox along a decided path through the loaded statechart, with handlers as its listener.
 
 `decide()` chooses the path (pure, no machine); `walk()` makes the python-statemachine chart execute it, one
-`send` per step, the sandbox's first state included (entered when the machine starts). What happens when a
-state is entered (a history row, a message for downstream services, a counter) is a `StateHandler`: the
-machine calls every handler for every state it enters, so adding a reaction to a state means adding a
-handler, in one place. A forbidden step raises `TransitionForbidden` before any handler ran for it.
+`send` per transition. What happens when a state is entered (a history row, a message for downstream services,
+a counter) is a `StateHandler`: the machine's listener calls every handler for every state entered, so adding a
+reaction to a state means adding a handler, in one place. A forbidden step raises `TransitionForbidden` before
+any handler ran for it.
+
+A new sandbox's first state is the chart's initial state, which no transition enters: the machine is put there
+like a known sandbox's machine is put in its stored state, and the listener hears the entry from `walk` itself.
+Having the machine re-run its start instead (`activate_initial_state`) cost as much as a `send`, for a step
+that carries no event and that the chart cannot refuse.
 """
 
 from __future__ import annotations
@@ -40,9 +45,13 @@ class _Listener:
         self._handlers = handlers
 
     def on_enter_state(self, state: Any, source: Any = None) -> None:
+        self.entered(state.id)
+
+    def entered(self, state_id: str) -> None:
+        """The machine is in `state_id` now: it must be the next decided step's target."""
         step = next(self._steps, None)
-        if step is None or str(step.to_state) != state.id:
-            raise ChartError(f"the statechart entered {state.id}, the decided path expected {step}")
+        if step is None or str(step.to_state) != state_id:
+            raise ChartError(f"the statechart entered {state_id}, the decided path expected {step}")
         self.sequence += 1
         for handler in self._handlers:
             handler.entered(step, self.sequence)
@@ -70,8 +79,11 @@ def walk(current: State | None, steps: Sequence[Step], sequence: int, handlers: 
     _idle.walker = None
     walker.listener.start(steps, sequence, handlers)
     lifecycle = walker.lifecycle
-    # a new sandbox (no state) makes the machine enter the chart's initial state: that is the first step
-    lifecycle.restart(current)
+    if current is None:  # a new sandbox: its first step is the initial state, where the machine is put
+        lifecycle.restart(lifecycle.initial)
+        walker.listener.entered(lifecycle.initial.value)
+    else:
+        lifecycle.restart(current)
     for step in steps:
         if step.from_state is not None:
             lifecycle.advance(step.to_state)

@@ -18,7 +18,7 @@ class Recorder:
 
 
 def test_a_new_sandbox_enters_the_initial_state_then_each_inferred_and_the_observed_state() -> None:
-    """Every handler hears every state in order, the first state from the machine's start included."""
+    """Every handler hears every state in order, the initial state first."""
     first, second = Recorder(), Recorder()
     steps = decide(None, State.PENDING_INSTALL).steps
     assert walk(None, steps, 0, [first, second]) == 3
