@@ -9,12 +9,17 @@ together. Then one `processor consume` process (consumer + relay) works through 
   (`received-at` of the reporting event) to the transition's append to sandbox.transitions.
 
 Baseline in the same run: a plain group consumer reading the same backlog and doing nothing (raw log rate).
+`--compare TREE` runs the consumer of another source tree (a `git worktree` of main, say) on the same backlog,
+broker, emulator and PostgreSQL server, each run on a database and topics of its own; with `--rounds N` the
+trees take turns N times and the medians are printed, with the consumer's CPU per event (which depends less on
+what else the machine runs than events/s does) and the load average during each run.
 The emulator runs in a process of its own on uvloop, so that serving the consumer's fetches does not share a
 core with this process's bookkeeping; the CPU that the consumer and the emulator used in phase A is printed, to
 tell a consumer-bound figure from an emulator- or machine-bound one.
 
     .venv/bin/python bench/lifecycle.py                       # own Kafka broker + embedded PostgreSQL
     .venv/bin/python bench/lifecycle.py --sandboxes 2000 --bootstrap 127.0.0.1:9092
+    .venv/bin/python bench/lifecycle.py --rounds 3 --compare /tmp/lc-main   # this checkout against main
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ import multiprocessing
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -219,6 +226,203 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else float("nan")
 
 
+@dataclass
+class Backlog:
+    """What every run consumes: phase A's events (a backlog) and phase B's (offered at a steady rate)."""
+
+    items_a: Items
+    items_b: Items
+    handled_a: int
+    handled_b: int
+
+
+@dataclass
+class RunFigures:
+    """One run's figures (of all its consumer processes)."""
+
+    tree: str
+    base: float
+    rate: float
+    events: float
+    transitions_rate: float
+    transitions: float
+    fetches_per_event: float
+    cpu_consumer: float
+    cpu_emulator: float
+    cpu_us_per_event: float
+    elapsed: float
+    latencies: list[float]
+    rss: tuple[float, float, float]
+    load: float
+
+
+def handled_count(items: Items) -> int:
+    return sum(1 for item in items if item[3].startswith(("v2.core.claimable_sandbox.", "account.application.")))
+
+
+async def fresh_database(admin: asyncpg.Connection, server_dsn: str) -> tuple[str, str]:
+    """A new database with the schema of this tree: (name, dsn)."""
+    db_name = f"bench_{uuid.uuid4().hex[:8]}"
+    await admin.execute(f'CREATE DATABASE "{db_name}"')
+    dsn = (
+        re.sub(r"/[^/?]*(\?|$)", f"/{db_name}\\1", server_dsn, count=1)
+        if "/" in server_dsn.split("@")[-1]
+        else f"{server_dsn}/{db_name}"
+    )
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate.upgrade(conn)
+    finally:
+        await conn.close()
+    return db_name, dsn
+
+
+def start_consumer(tree: Path, dsn: str, bootstrap: str, prefix: str, stripe: tuple[str, str], args: argparse.Namespace,
+                   health: int, *, relay: bool) -> subprocess.Popen[bytes]:  # fmt: skip
+    """`processor consume` of the source tree `tree` (its own `processor` package comes first on the path)."""
+    base_url, api_key = stripe
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tree),
+        "PROCESSOR_DATABASE_URL": dsn,
+        "PROCESSOR_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "PROCESSOR_TOPIC_PREFIX": prefix,
+        "STRIPE_API_KEY": api_key,
+        "STRIPE_API_BASE": base_url,
+        "PROCESSOR_STRIPE_MAX_RPS": "100000",
+        "PROCESSOR_LOG_LEVEL": "WARNING",
+    }
+    command = [sys.executable, "-m", "processor", "consume", "--health-port", str(health)]
+    command += ["--batch-size", str(args.batch_size), *([] if relay else ["--no-relay"])]
+    return subprocess.Popen(command, env=env, cwd=tree)
+
+
+async def count(dsn: str, sql: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval(sql))
+    finally:
+        await conn.close()
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+async def one_run(
+    tree: Path, log: KafkaEventLog, admin: asyncpg.Connection, server_dsn: str, backlog: Backlog,
+    stripe: tuple[str, str], emulator_pid: int, args: argparse.Namespace,
+) -> RunFigures:  # fmt: skip
+    """Phases A and B of the consumers of `tree` on a database and topics of their own."""
+    db_name, dsn = await fresh_database(admin, server_dsn)
+    prefix = f"bench{uuid.uuid4().hex[:6]}."
+    topic = f"{prefix}{c.TOPIC_EVENTS}"
+    await log.ensure_topics([f"{prefix}{t}" for t in c.ALL_TOPICS])
+    received: dict[str, float] = {}
+    await publish(log, topic, backlog.items_a, received)
+    base = await baseline_rate(log, topic, len(backlog.items_a))
+    ports = [free_port() for _ in range(args.consumers)]
+    # one process runs the relay too (as `processor consume` does by default); the others only consume
+    consumers = [
+        start_consumer(tree, dsn, log.bootstrap, prefix, stripe, args, port, relay=index == 0)
+        for index, port in enumerate(ports)
+    ]
+    try:
+        figures = await phase_a(dsn, [p.pid for p in consumers], ports, emulator_pid, backlog)
+        # phase B: steady offered load well below capacity, for the latency figure
+        since_ms = int(time.time() * 1000)
+        await publish(log, topic, backlog.items_b, received, rate=args.latency_rate)
+        await wait_done(dsn, backlog.handled_a + backlog.handled_b, 300)
+        lat = await latencies(log, f"{prefix}{c.TOPIC_TRANSITIONS}", received, since_ms)
+        rss_end = rss_mib(consumers[0].pid)
+    finally:
+        stop(consumers)
+        with contextlib.suppress(Exception):
+            await admin.execute(f'DROP DATABASE "{db_name}" WITH (FORCE)')
+    return RunFigures(str(tree), base, latencies=lat, rss=(*figures.pop("rss"), rss_end), **figures)
+
+
+async def phase_a(dsn: str, pids: list[int], ports: list[int], emulator_pid: int, backlog: Backlog) -> dict[str, Any]:
+    """The consumers' rates and CPU while they work through the backlog (from their first processed event)."""
+    await asyncio.sleep(0.5)
+    rss_start = rss_mib(pids[0])
+    # the clock starts at the first processed event, so start-up is not measured
+    while not await count(dsn, "SELECT count(*) FROM processed_events"):  # noqa: ASYNC110 (polls another process)
+        await asyncio.sleep(0.01)
+    started = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    cpu_consumers, cpu_emulator = sum(map(cpu_s, pids)), cpu_s(emulator_pid)
+    # what the first batch (or two) did before the clock started is left out of the rates
+    done_at_start = await count(dsn, "SELECT count(*) FROM processed_events")
+    transitions_at_start = await count(dsn, "SELECT count(*) FROM sandbox_history WHERE kind = 'transition'")
+    elapsed = await wait_done(dsn, backlog.handled_a, 900) - started
+    cpu_consumers, cpu_emulator = sum(map(cpu_s, pids)) - cpu_consumers, cpu_s(emulator_pid) - cpu_emulator
+    load = (load_start + os.getloadavg()[0]) / 2
+    texts = [await scrape(port) for port in ports]
+    events = sum(metric(text, "processor_consumer_events_total") for text in texts)
+    transitions = sum(metric(text, "processor_transitions_total") for text in texts)
+    fetches = sum(metric(text, "processor_stripe_requests_total") for text in texts)
+    in_window = events - done_at_start
+    return {
+        "rate": in_window / elapsed,
+        "events": events,
+        "transitions_rate": (transitions - transitions_at_start) / elapsed,
+        "transitions": transitions,
+        "fetches_per_event": fetches / max(events, 1),
+        "cpu_consumer": cpu_consumers / elapsed,
+        "cpu_emulator": cpu_emulator / elapsed,
+        "cpu_us_per_event": cpu_consumers / max(in_window, 1) * 1e6,  # a tiny backlog may be done in one batch
+        "elapsed": elapsed,
+        "rss": (rss_start, rss_mib(pids[0])),
+        "load": load,
+    }
+
+
+def report(run: RunFigures, args: argparse.Namespace) -> None:
+    print(f"\n{run.tree} (load average {run.load:.1f})")
+    print(f"  baseline raw log consume rate ..... {run.base:10.0f} records/s")
+    print(f"  consumer events/s ................. {run.rate:10.0f}  ({run.events:.0f} in all, {run.elapsed:.1f}s)")
+    print(f"  transitions/s ..................... {run.transitions_rate:10.0f}  ({run.transitions:.0f})")
+    print(f"  Stripe fetches per event .......... {run.fetches_per_event:10.3f}")
+    print(f"  consumer CPU per event ............ {run.cpu_us_per_event:10.0f} us")
+    p50, p99 = pct(run.latencies, 0.5), pct(run.latencies, 0.99)
+    print(
+        f"  latency received->published (B) ... p50 {p50:.0f} ms, p99 {p99:.0f} ms  ({len(run.latencies)} transitions,"
+        f" {args.latency_sandboxes} sandboxes at {args.latency_rate:.0f} ev/s)"
+    )
+    print(
+        f"  CPU in phase A (1.0 = one core) ... consumer {run.cpu_consumer:.2f}, emulator {run.cpu_emulator:.2f}"
+        f" (machine: {os.cpu_count()} cores)"
+    )
+    start, after_a, end = run.rss
+    print(f"  consumer RSS ...................... start {start:.0f} MiB, after A {after_a:.0f} MiB, end {end:.0f} MiB")
+
+
+def summary(runs: list[RunFigures], trees: list[Path]) -> None:
+    """Medians per tree, and each tree against the first (this checkout) within the same rounds."""
+    print(f"\nmedians over {len(runs) // len(trees)} round(s) (trees alternate within each round):")
+    medians = {}
+    for tree in trees:
+        mine = [r for r in runs if r.tree == str(tree)]
+        rate, cpu = statistics.median(r.rate for r in mine), statistics.median(r.cpu_us_per_event for r in mine)
+        medians[str(tree)] = (rate, cpu)
+        print(
+            f"  {tree!s:40s} events/s {rate:7.0f}   consumer CPU/event {cpu:6.0f} us"
+            f"   per run: {', '.join(f'{r.rate:.0f}/s {r.cpu_us_per_event:.0f} us' for r in mine)}"
+            f"   load: {', '.join(f'{r.load:.1f}' for r in mine)}"
+        )
+    first = medians[str(trees[0])]
+    for tree in trees[1:]:
+        other = medians[str(tree)]
+        print(f"  {trees[0]} / {tree}: events/s x{first[0] / other[0]:.2f}, CPU per event x{first[1] / other[1]:.2f}")
+
+
 async def main(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-lifecycle-"))
     os.chmod(workdir, 0o755)  # noqa: S103 (the embedded PostgreSQL runs unprivileged when we are root)
@@ -229,133 +433,36 @@ async def main(args: argparse.Namespace) -> None:
         broker = KafkaBroker(workdir / "kafka", heap="1g", quick_start=False).start()  # full JIT, as deployed
         bootstrap = broker.bootstrap
     server_dsn = args.database_url or start_embedded_server(workdir)
-    db_name = f"bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(server_dsn)
-    await admin.execute(f'CREATE DATABASE "{db_name}"')
-    dsn = (
-        re.sub(r"/[^/?]*(\?|$)", f"/{db_name}\\1", server_dsn, count=1)
-        if "/" in server_dsn.split("@")[-1]
-        else f"{server_dsn}/{db_name}"
-    )
-    conn = await asyncpg.connect(dsn)
-    await migrate.upgrade(conn)
-    await conn.close()
-    prefix = f"bench{uuid.uuid4().hex[:6]}."
-    topic = f"{prefix}{c.TOPIC_EVENTS}"
-    consumer: subprocess.Popen[bytes] | None = None
     parent_pipe, child_pipe = multiprocessing.get_context("spawn").Pipe()
     emulator = multiprocessing.get_context("spawn").Process(
         target=serve_emulator, args=(child_pipe, args.sandboxes, args.latency_sandboxes), daemon=True
     )
     emulator.start()
+    trees = [ROOT, *(tree.resolve() for tree in args.compare)]
     try:
         base_url, api_key, items, items_b = await asyncio.get_running_loop().run_in_executor(None, parent_pipe.recv)
+        backlog = Backlog(items, items_b, handled_count(items), handled_count(items_b))
+        print(
+            f"lifecycle benchmark: {args.sandboxes} sandboxes ({len(PATHS)} paths round-robin), {len(items)} events,"
+            f" emulator API latency 20 ms, rate limit off, {args.consumers} consumer process(es)"
+        )
+        runs: list[RunFigures] = []
         # PROCESSOR_KAFKA_* security settings apply to a secured --bootstrap cluster, as in the consumer it starts
         async with KafkaEventLog([bootstrap], security=Settings.from_env().kafka_security) as log:
-            await log.ensure_topics([f"{prefix}{t}" for t in c.ALL_TOPICS])
-            handled = sum(
-                1
-                for item in items
-                if item[3].startswith("v2.core.claimable_sandbox.") or item[3].startswith("account.application.")
-            )
-            received: dict[str, float] = {}
-            await publish(log, topic, items, received)
-            base = await baseline_rate(log, topic, len(items))
-            health = free_port()
-            env = {
-                **os.environ,
-                "PROCESSOR_DATABASE_URL": dsn,
-                "PROCESSOR_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-                "PROCESSOR_TOPIC_PREFIX": prefix,
-                "STRIPE_API_KEY": api_key,
-                "STRIPE_API_BASE": base_url,
-                "PROCESSOR_STRIPE_MAX_RPS": "100000",
-                "PROCESSOR_LOG_LEVEL": "WARNING",
-            }
-            # the clock starts at the consumer's first processed event, so its start-up is not measured
-            consumer = subprocess.Popen(  # noqa: ASYNC220 (one process, started once)
-                [
-                    sys.executable,
-                    "-m",
-                    "processor",
-                    "consume",
-                    "--health-port",
-                    str(health),
-                    "--batch-size",
-                    str(args.batch_size),
-                ],
-                env=env,
-                cwd=ROOT,
-            )
-            pid = consumer.pid
-            await asyncio.sleep(0.5)
-            rss_start = rss_mib(pid)
-            conn = await asyncpg.connect(dsn)
-            while not await conn.fetchval("SELECT count(*) FROM processed_events"):  # noqa: ASYNC110 (polls another process)
-                await asyncio.sleep(0.01)
-            started = time.perf_counter()
-            cpu_consumer, cpu_emulator = cpu_s(pid), cpu_s(emulator.pid or 0)
-            # what the first batch (or two) did before the clock started is left out of the rates
-            done_at_start = await conn.fetchval("SELECT count(*) FROM processed_events")
-            transitions_at_start = await conn.fetchval("SELECT count(*) FROM sandbox_history WHERE kind = 'transition'")
-            await conn.close()
-            finished = await wait_done(dsn, handled, 900)
-            elapsed = finished - started
-            cpu_consumer = (cpu_s(pid) - cpu_consumer) / elapsed
-            cpu_emulator = (cpu_s(emulator.pid or 0) - cpu_emulator) / elapsed
-            text = await scrape(health)
-            rss_a = rss_mib(pid)
-            transitions = metric(text, "processor_transitions_total")
-            fetches = metric(text, "processor_stripe_requests_total")
-            events = metric(text, "processor_consumer_events_total")
-
-            # phase B: steady offered load well below capacity, for the latency figure
-            handled_b = sum(
-                1 for item in items_b if item[3].startswith(("v2.core.claimable_sandbox.", "account.application."))
-            )
-            since_ms = int(time.time() * 1000)
-            await publish(log, topic, items_b, received, rate=args.latency_rate)
-            await wait_done(dsn, handled + handled_b, 300)
-            lat = await latencies(log, f"{prefix}{c.TOPIC_TRANSITIONS}", received, since_ms)
-            rss_end = rss_mib(pid)
-            consumer.terminate()
-            consumer.wait(30)
-            print(
-                f"\nlifecycle benchmark: {args.sandboxes} sandboxes ({len(PATHS)} paths round-robin), "
-                f"{len(items)} events, emulator API latency 20 ms, rate limit off"
-            )
-            print(f"  baseline raw log consume rate ..... {base:10.0f} records/s")
-            rate = (events - done_at_start) / elapsed
-            print(
-                f"  consumer events/s ................. {rate:10.0f}  ({events:.0f}, of which"
-                f" {events - done_at_start:.0f} in {elapsed:.1f}s)"
-            )
-            print(
-                f"  transitions/s ..................... {(transitions - transitions_at_start) / elapsed:10.0f}"
-                f"  ({transitions:.0f})"
-            )
-            print(f"  Stripe fetches per event .......... {fetches / max(events, 1):10.3f}  ({fetches:.0f})")
-            print(
-                f"  latency received->published (B) ... p50 {pct(lat, 0.5):.0f} ms, p99 {pct(lat, 0.99):.0f} ms"
-                f"  ({len(lat)} transitions, {args.latency_sandboxes} sandboxes at {args.latency_rate:.0f} ev/s)"
-            )
-            print(
-                f"  CPU in phase A (1.0 = one core) ... consumer {cpu_consumer:.2f}, emulator {cpu_emulator:.2f}"
-                f" (machine: {os.cpu_count()} cores)"
-            )
-            print(
-                f"  consumer RSS ...................... start {rss_start:.0f} MiB, after A {rss_a:.0f} MiB, "
-                f"end {rss_end:.0f} MiB"
-            )
+            for round_ in range(args.rounds):
+                # the order turns each round, so that neither tree always runs first on a warming machine
+                for tree in trees[round_ % len(trees) :] + trees[: round_ % len(trees)]:
+                    run = await one_run(tree, log, admin, server_dsn, backlog, (base_url, api_key), emulator.pid or 0,
+                                        args)  # fmt: skip
+                    report(run, args)
+                    runs.append(run)
+        summary(runs, trees)
     finally:
         parent_pipe.close()
         emulator.join(10)
         if emulator.is_alive():
             emulator.kill()
-        if consumer is not None and consumer.poll() is None:
-            consumer.kill()
-        with contextlib.suppress(Exception):
-            await admin.execute(f'DROP DATABASE "{db_name}" WITH (FORCE)')
         await admin.close()
         if broker is not None:
             broker.destroy()
@@ -371,4 +478,13 @@ if __name__ == "__main__":
     parser.add_argument("--batch-size", type=int, default=2000)
     parser.add_argument("--bootstrap", help="an existing Kafka (default: start one)")
     parser.add_argument("--database-url", help="an existing PostgreSQL server (default: embedded)")
+    parser.add_argument(
+        "--compare", type=Path, action="append", default=[], metavar="TREE",
+        help="also run the consumer of this source tree (e.g. a `git worktree` of main), on the same backlog",
+    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each tree (medians are printed)")
+    parser.add_argument(
+        "--consumers", type=int, default=1,
+        help="`processor consume` processes sharing the group (the first runs the relay); CPU is their sum",
+    )  # fmt: skip
     asyncio.run(main(parser.parse_args()))
