@@ -164,7 +164,14 @@ def start(variant: Variant, env: dict[str, str], name: str, logs: Path, *args: s
                             stderr=subprocess.STDOUT)  # fmt: skip
 
 
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+async def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate the processes and wait for them off the event loop: the emulator runs in this loop, and while
+    the processes end they still call it. A blocking wait here froze it; their requests then timed out and
+    reached it in one burst once the loop turned again, counted as 429s of the part just measured."""
+    await asyncio.to_thread(_terminate_and_wait, procs)
+
+
+def _terminate_and_wait(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         proc.terminate()
     for proc in procs:
@@ -213,7 +220,7 @@ async def realtime(rig: Rig, variant: Variant, count: int, logs: Path) -> dict[s
                 handled += await publish(log, topic, rig.new_events())
                 await wait_processed(dsn, handled)
         finally:
-            stop(procs)
+            await stop(procs)
     seen = rig.usage()
     gets = seen["by_operation"].get("retrieve_sandbox", 0)  # type: ignore[union-attr]
     return {"events": handled, "gets": gets, "per_event": gets / handled, "429": seen["rate_limited"]}  # type: ignore[dict-item]
@@ -283,7 +290,7 @@ async def backlog(rig: Rig, variant: Variant, items: list[tuple[str, bytes, byte
             timeline = where_the_time_went(await sampler, elapsed)
             trips = await round_trips([f"http://127.0.0.1:{health}/metrics"])
         finally:
-            stop(procs)
+            await stop(procs)
     seen = rig.usage()
     gets = seen["by_operation"].get("retrieve_sandbox", 0)  # type: ignore[union-attr]
     floor = gets / LIMIT_RPS
@@ -379,7 +386,7 @@ async def shared(rig: Rig, variant: Variant, items: list[tuple[str, bytes, bytes
             busy = await busy_task
             trips = await round_trips([f"{url}/metrics", *(f"http://127.0.0.1:{p}/metrics" for p in health)])
         finally:
-            stop(procs)
+            await stop(procs)
     seen = rig.usage()
     return {"idle_p99_ms": p99(idle.seconds), "busy_p99_ms": p99(busy.seconds),
             "p99_busy_vs_idle": p99(busy.seconds) / p99(idle.seconds),
