@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -98,49 +99,51 @@ def test_after_drain_each_line_is_written_at_once(root_handlers: None, monkeypat
     assert stream.getvalue().splitlines()[-1].endswith("INFO test.logs.drain Finished server process")
 
 
+def flood_stalled_stderr(monkeypatch: pytest.MonkeyPatch, max_queued: int, count: int) -> StalledStream:
+    """`count` delivery lines logged through a queue of `max_queued` while stderr takes nothing (still held)."""
+    stream = StalledStream()
+    monkeypatch.setattr("sys.stderr", stream)
+    logs.configure(logs.LogOptions(), max_queued=max_queued)
+    logger = logging.getLogger("test.logs.bounded")
+    for i in range(count):
+        logger.info("webhook delivery", extra={"fields": {"event_id": f"evt_{i}"}})
+    return stream
+
+
+def dropped_reports(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [line for line in lines if line["msg"] == "log records dropped"]
+
+
 def test_a_stalled_stderr_holds_a_bounded_queue_and_the_drops_are_reported(
     root_handlers: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Hostile traffic logs a line per request while stderr takes nothing: past the bound, lines are dropped
     (memory stays bounded) and once stderr takes lines again one WARNING says how many were lost."""
-    stream = StalledStream()
-    monkeypatch.setattr("sys.stderr", stream)
-    logs.configure(logs.LogOptions(), max_queued=100)
-    logger = logging.getLogger("test.logs.bounded")
-    for i in range(1000):
-        logger.info("webhook delivery", extra={"fields": {"event_id": f"evt_{i}"}})
-    queued = sum(h.waiting() for h in logging.getLogger().handlers if isinstance(h, logs.BoundedQueueHandler))
-    stream.released.set()  # (before asserting: a failed test's teardown drains the queue into this stream)
+    stream = flood_stalled_stderr(monkeypatch, max_queued=100, count=1000)
     handler = next(h for h in logging.getLogger().handlers if isinstance(h, logs.BoundedQueueHandler))
+    queued = handler.waiting()
+    stream.released.set()  # (before asserting: a failed test's teardown drains the queue into this stream)
     deadline = time.monotonic() + 10
     while handler.waiting() and time.monotonic() < deadline:  # the writing thread catches up
         time.sleep(0.01)
     assert queued <= 100
-    logger.info("after the stall")
+    logging.getLogger("test.logs.bounded").info("after the stall")
     logs.drain()
     lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
     kept = [int(line["event_id"][4:]) for line in lines if "event_id" in line]
-    reports = [line for line in lines if line["msg"] == "log records dropped"]
+    reports = dropped_reports(lines)
     assert kept == sorted(kept) and 100 <= len(kept) < 1000
     assert reports and all(line["level"] == "WARNING" for line in reports)
-    assert sum(line["dropped"] for line in reports) + len(kept) == 1000
+    assert sum(int(line["dropped"]) for line in reports) + len(kept) == 1000
     assert lines[-1]["msg"] == "after the stall"
 
 
-def test_records_dropped_just_before_the_end_are_reported(
-    root_handlers: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_records_dropped_just_before_the_end_are_reported(root_handlers: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """Drops with no later record to carry their report are still reported when the process ends."""
-    stream = StalledStream()
-    monkeypatch.setattr("sys.stderr", stream)
-    logs.configure(logs.LogOptions(), max_queued=10)
-    logger = logging.getLogger("test.logs.bounded")
-    for i in range(100):
-        logger.info("webhook delivery", extra={"fields": {"event_id": f"evt_{i}"}})
+    stream = flood_stalled_stderr(monkeypatch, max_queued=10, count=100)
     stream.released.set()
     logs.drain()
     lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
     kept = sum("event_id" in line for line in lines)
-    assert lines[-1]["msg"] == "log records dropped" and sum(
-        line["dropped"] for line in lines if line["msg"] == "log records dropped"
-    ) + kept == 100
+    assert lines[-1]["msg"] == "log records dropped"
+    assert sum(int(line["dropped"]) for line in dropped_reports(lines)) + kept == 100
