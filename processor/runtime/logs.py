@@ -182,8 +182,14 @@ def drain() -> None:
     direct.setFormatter(writing.formatter)
     root = logging.getLogger()
     for handler in root.handlers:
-        if isinstance(handler, BoundedQueueHandler) and (report := handler.dropped_report()):
-            direct.handle(report)
+        if isinstance(handler, BoundedQueueHandler):
+            handler.acquire()  # another thread may be dropping a record this moment
+            try:
+                report = handler.dropped_report()
+            finally:
+                handler.release()
+            if report:
+                direct.handle(report)
     root.handlers[:] = [direct if isinstance(handler, QueueHandler) else handler for handler in root.handlers]
 
 
