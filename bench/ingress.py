@@ -15,6 +15,9 @@ request per target and level, the ratios a/b and a/c at each target's peak again
 p99 of (a) at half of its peak rate. CPU per request barely moves with the machine's load (throughput moves with
 whatever else runs on the servers' core), so it is the figure to compare two versions of the ingress by.
 
+`--ceiling` adds (d): the no-op endpoint plus an awaited publish to the stock AIOKafkaProducer, nothing else,
+what any ingress on the stock producer can reach on this machine.
+
 `--compare TREE` adds (a0): the ingress of another checkout (say, main in a second worktree) on the same broker
 and in the same rounds, so that a change is measured as a0/a in one run window.
 
@@ -39,7 +42,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +119,41 @@ def textbook_app() -> object:
     return Starlette(routes=[Route(PATH, webhook, methods=["POST"])])
 
 
+def produce_only_app() -> object:
+    """(d), with --ceiling: the no-op endpoint plus the one thing the ingress may not skip, publishing the body to
+    the stock AIOKafkaProducer (idempotent, acks=all) and awaiting the ack, keyed as the ingress keys it; no
+    signature, no limits, no log, no metrics. What any ingress built on the stock producer can reach here."""
+    from aiokafka import AIOKafkaProducer
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from processor.settings import Settings
+
+    bootstrap, topic = os.environ["BENCH_BOOTSTRAP"], os.environ["BENCH_TOPIC"]
+    producers: list[AIOKafkaProducer] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all",
+                                    **Settings.from_env().kafka_security.client_options())
+        await producer.start()
+        producers.append(producer)
+        try:
+            yield
+        finally:
+            await producer.stop()
+
+    async def webhook(request: Request) -> Response:
+        payload = await request.body()
+        key = orjson.loads(payload)["account"].encode()
+        await producers[0].send_and_wait(topic, value=payload, key=key)
+        return Response(b'{"received":true}', media_type="application/json")
+
+    return Starlette(routes=[Route(PATH, webhook, methods=["POST"])], lifespan=lifespan)
+
+
 def uvicorn_options(workers: int) -> dict[str, object]:
     """The server settings every target shares (also what `processor ingress` passes)."""
     return {"workers": workers, "lifespan": "on", "log_config": None, "access_log": False}
@@ -124,7 +162,7 @@ def uvicorn_options(workers: int) -> dict[str, object]:
 def serve(kind: str, port: int, workers: int) -> None:
     import uvicorn
 
-    factory = {"noop": "noop_app", "textbook": "textbook_app"}[kind]
+    factory = {"noop": "noop_app", "textbook": "textbook_app", "produce": "produce_only_app"}[kind]
     sys.path.insert(0, str(Path(__file__).parent))
     uvicorn.run(f"ingress:{factory}", factory=True, host="127.0.0.1", port=port, **uvicorn_options(workers))
 
@@ -360,6 +398,11 @@ def main() -> int:
         help="also run (a0), the ingress of the checkout TREE (imported from it, this venv), in the same rounds",
     )
     parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also run (d): the no-op endpoint plus an awaited publish to the stock producer, nothing else",
+    )
+    parser.add_argument(
         "--pin",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -389,7 +432,8 @@ def main() -> int:
             broker = KafkaBroker(workdir / "kafka", heap="1g", quick_start=False).start()  # full JIT, as deployed
             bootstrap = broker.bootstrap
         prefix = f"bench{uuid.uuid4().hex[:6]}."
-        asyncio.run(create_topics(bootstrap, [f"{prefix}stripe.events", f"{prefix}textbook"], args.partitions))
+        topics = [f"{prefix}stripe.events", f"{prefix}textbook", f"{prefix}produce"]
+        asyncio.run(create_topics(bootstrap, topics, args.partitions))
         base_env = {**os.environ, "PYTHONPATH": str(ROOT)}
         python = sys.executable
         targets = {
@@ -410,6 +454,12 @@ def main() -> int:
                 "/",
             ),
         }
+        if args.ceiling:
+            targets["d produce-only"] = (
+                [python, __file__, "serve", "produce", "--workers", str(args.workers)],
+                {"BENCH_BOOTSTRAP": bootstrap, "BENCH_TOPIC": f"{prefix}produce"},
+                "/",
+            )
         if args.compare is not None:
             # the same command and settings as (a), importing `processor` from the other tree (PYTHONPATH wins
             # over this venv's editable install); its own topic, so the two never share a partition's batches
@@ -465,6 +515,11 @@ def main() -> int:
             f"a at half peak (target {a.rps / 2:.0f} req/s): {half.rps:.0f} req/s, p50 {half.p50_ms:.2f} ms,"
             f" p99 {half.p99_ms:.2f} ms (floor <= {FLOOR_P99_HALF_PEAK_MS:.0f} ms)"
         )
+        if "d produce-only" in peaks:
+            d = peaks["d produce-only"]
+            print(f"\nd (produce only): peak {d.rps:.0f} req/s (c={d.connections}), d/b = {d.rps / b.rps:.2f},"
+                  f" d/c = {d.rps / c.rps:.1f}, a/d = {a.rps / d.rps:.2f}; CPU per request {d.cpu_us:.0f} us")
+            print(f"d/b within each round: {paired_ratios(runs, levels, 'd produce-only', 'b noop')}")
         if a0_half is not None:
             a0 = peaks["a0 compare"]
             print(f"\na0 ({args.compare}): peak {a0.rps:.0f} req/s (c={a0.connections}), a/a0 = {a.rps / a0.rps:.2f};"
@@ -485,7 +540,7 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "serve":
         options = argparse.ArgumentParser()
         options.add_argument("serve")
-        options.add_argument("kind", choices=["noop", "textbook"])
+        options.add_argument("kind", choices=["noop", "textbook", "produce"])
         options.add_argument("--workers", type=int, default=1)
         options.add_argument("--port", type=int, required=True)
         parsed = options.parse_args()
