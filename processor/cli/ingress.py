@@ -54,6 +54,8 @@ def create_app() -> Starlette:
     logs.configure(logs.LogOptions.from_env(os.environ))
     WorkerHttpProtocol.limits = http_limits(settings)
     app = build_app(settings)
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # one worker, serving its own /metrics
+        app.state.ingress.metrics.add_process_metrics()
     freeze_startup_heap()
     return app
 

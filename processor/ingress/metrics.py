@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from processor.consumer.inbound import ACCOUNT_TYPES, EXPIRING, OBSERVATION_TYPES
@@ -63,6 +71,15 @@ class IngressMetrics:
         #: the labelled child of `deliveries` per (outcome, event type label), looked up once: `labels()` takes a
         #: lock and builds its key on every call. Both labels come from closed sets, so this stays small.
         self._delivery_counters: dict[tuple[str, str], Counter] = {}
+
+    def add_process_metrics(self) -> None:
+        """Add the standard `process_*` (CPU, memory, descriptors) and `python_*` metrics of this process, for a
+        process that serves this app alone (`processor ingress` with one worker; `processor run` has them with its
+        worker's). Not in multiprocess mode: prometheus_client cannot sum them over workers, and a scrape would
+        show whichever worker answered it."""
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
 
     def observe(self, outcome: str, event_type: str | None, seconds: float, size: int) -> None:
         """Record one answered delivery (in multiprocess mode it lands in this worker's files at once)."""

@@ -323,24 +323,24 @@ async def test_app_refuses_to_start_without_a_secret(no_secrets_settings: Settin
         build_app(no_secrets_settings)
 
 
-async def test_cli_serves_with_workers_and_finishes_in_flight_requests_on_sigterm(
-    kafka_settings: Settings, kafka_log: KafkaEventLog, tmp_path: Path
-) -> None:
-    """`processor ingress --workers 2` answers a request that was mid-body when SIGTERM came, then exits 0."""
+@contextlib.asynccontextmanager
+async def cli_ingress(
+    kafka_settings: Settings, bootstrap: str, log_path: Path, *options: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, httpx.AsyncClient]]:
+    """`processor ingress OPTIONS` in a process of its own, ready; killed at the end if it still runs."""
     import os
-    import signal
     import sys
 
     port = free_port()
     env = {
         **os.environ,
         "STRIPE_WEBHOOK_SECRETS": ",".join(SECRETS),
-        "PROCESSOR_KAFKA_BOOTSTRAP_SERVERS": kafka_log.bootstrap,
+        "PROCESSOR_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "PROCESSOR_TOPIC_PREFIX": kafka_settings.topic_prefix,
         "PYTHONPATH": os.getcwd(),
     }
-    command = [sys.executable, "-m", "processor", "ingress", "--workers", "2", "--port", str(port)]
-    log_path = tmp_path / "ingress.log"
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    command = [sys.executable, "-m", "processor", "ingress", *options, "--port", str(port)]
     with log_path.open("wb") as log_file:
         process = await asyncio.create_subprocess_exec(*command, env=env, stdout=log_file, stderr=log_file)
     try:
@@ -350,19 +350,49 @@ async def test_cli_serves_with_workers_and_finishes_in_flight_requests_on_sigter
                 with contextlib.suppress(httpx.TransportError):
                     if (await client.get("/readyz")).status_code == 200:
                         break
-                assert time.monotonic() < deadline, "ingress did not become ready"
+                assert time.monotonic() < deadline, f"ingress did not become ready (its log: {log_path})"
                 await asyncio.sleep(0.2)
-            first = thin_event()
-            assert (await client.post(WEBHOOK, content=first, headers=signed(first))).status_code == 200
-            more = [thin_event() for _ in range(6)]
-            for event in more:  # on fresh connections, so both workers get some
-                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as fresh:
-                    assert (await fresh.post(WEBHOOK, content=event, headers=signed(event))).status_code == 200
-            # whichever worker answers the scrape reports every worker's deliveries
-            for _ in range(3):
-                metrics = (await client.get("/metrics")).text
-                counted = [line for line in metrics.splitlines() if line.startswith("processor_ingress_deliveries_")]
-                assert sum(float(line.rsplit(" ", 1)[1]) for line in counted if "_total{" in line) == 7, metrics
+            yield process, client
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_cli_with_one_worker_exports_its_process_metrics(
+    kafka_settings: Settings, kafka_log: KafkaEventLog, tmp_path: Path
+) -> None:
+    """`processor ingress` (one worker) serves the standard process_* and python_* metrics next to its own, once."""
+    async with cli_ingress(kafka_settings, kafka_log.bootstrap, tmp_path / "ingress.log") as (_, client):
+        event = thin_event()
+        assert (await client.post(WEBHOOK, content=event, headers=signed(event))).status_code == 200
+        metrics = (await client.get("/metrics")).text
+    for family in ("process_cpu_seconds_total", "process_resident_memory_bytes", "python_info"):
+        assert metrics.count(f"# TYPE {family} ") == 1, metrics
+    assert 'processor_ingress_deliveries_total{event_type="v2.core.claimable_sandbox.claimed",outcome="accepted"} 1.0' \
+        in metrics
+
+
+async def test_cli_serves_with_workers_and_finishes_in_flight_requests_on_sigterm(
+    kafka_settings: Settings, kafka_log: KafkaEventLog, tmp_path: Path
+) -> None:
+    """`processor ingress --workers 2` answers a request that was mid-body when SIGTERM came, then exits 0."""
+    import signal
+
+    log_path = tmp_path / "ingress.log"
+    async with cli_ingress(kafka_settings, kafka_log.bootstrap, log_path, "--workers", "2") as (process, client):
+        port = client.base_url.port
+        first = thin_event()
+        assert (await client.post(WEBHOOK, content=first, headers=signed(first))).status_code == 200
+        more = [thin_event() for _ in range(6)]
+        for event in more:  # on fresh connections, so both workers get some
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as fresh:
+                assert (await fresh.post(WEBHOOK, content=event, headers=signed(event))).status_code == 200
+        # whichever worker answers the scrape reports every worker's deliveries
+        for _ in range(3):
+            metrics = (await client.get("/metrics")).text
+            counted = [line for line in metrics.splitlines() if line.startswith("processor_ingress_deliveries_")]
+            assert sum(float(line.rsplit(" ", 1)[1]) for line in counted if "_total{" in line) == 7, metrics
         body = thin_event()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         head = (
@@ -378,10 +408,6 @@ async def test_cli_serves_with_workers_and_finishes_in_flight_requests_on_sigter
         answer = await asyncio.wait_for(reader.read(), timeout=15)
         writer.close()
         exit_code = await asyncio.wait_for(process.wait(), 30)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
     output = log_path.read_text()
     assert answer.startswith(b"HTTP/1.1 200 "), output
     assert exit_code == 0, output
