@@ -109,29 +109,24 @@ class Applier:
 
     async def already_processed(self, event_ids: Sequence[str]) -> set[str]:
         """The ids among `event_ids` that an earlier batch applied."""
-        if not event_ids:
-            return set()
-        try:
-            async with self.pool.acquire() as conn:
-                rows = await conn.fetch(
-                    "SELECT event_id FROM processed_events WHERE event_id = ANY($1)", list(event_ids)
-                )
-        except DATABASE_ERRORS as exc:
-            raise DatabaseUnavailable(f"cannot read processed events: {exc}") from exc
-        return {row["event_id"] for row in rows}
+        sql = "SELECT event_id FROM processed_events WHERE event_id = ANY($1)"
+        return {row["event_id"] for row in await self._rows(sql, event_ids, "processed events")}
 
     async def states(self, sandbox_ids: Sequence[str]) -> dict[str, Held]:
         """How we hold each of `sandbox_ids` we know."""
-        if not sandbox_ids:
-            return {}
+        sql = "SELECT id, state, observed_at FROM sandboxes WHERE id = ANY($1)"
+        rows = await self._rows(sql, sandbox_ids, "sandbox states")
+        return {row["id"]: Held(State(row["state"]), row["observed_at"]) for row in rows}
+
+    async def _rows(self, sql: str, ids: Sequence[str], what: str) -> list[asyncpg.Record]:
+        """The rows `sql` selects for `ids` (its $1); DatabaseUnavailable says `what` could not be read."""
+        if not ids:
+            return []
         try:
             async with self.pool.acquire() as conn:
-                rows = await conn.fetch(
-                    "SELECT id, state, observed_at FROM sandboxes WHERE id = ANY($1)", list(sandbox_ids)
-                )
+                return list(await conn.fetch(sql, list(ids)))
         except DATABASE_ERRORS as exc:
-            raise DatabaseUnavailable(f"cannot read sandbox states: {exc}") from exc
-        return {row["id"]: Held(State(row["state"]), row["observed_at"]) for row in rows}
+            raise DatabaseUnavailable(f"cannot read {what}: {exc}") from exc
 
     async def apply(
         self,

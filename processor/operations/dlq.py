@@ -199,12 +199,8 @@ async def list_dlq(
     limit: int | None = None,
 ) -> list[DlqEntry]:
     """Up to `limit` dead-lettered records matching `where` (open ones unless `include_resolved`)."""
-    found: list[DlqEntry] = []
-    async for chunk in dlq_entries(settings, log, db, where, include_resolved=include_resolved):
-        found.extend(chunk)
-        if limit is not None and len(found) >= limit:
-            return found[:limit]
-    return found
+    found = await _first(dlq_entries(settings, log, db, where, include_resolved=include_resolved), limit)
+    return found if limit is None else found[:limit]
 
 
 async def page_dlq(
@@ -225,13 +221,21 @@ async def page_dlq(
         if not isinstance(partition, int) or not isinstance(offset, int) or min(partition, offset) < 0:
             raise InvalidCursor()
         after = (partition, offset)
-    found: list[DlqEntry] = []
-    async for chunk in dlq_entries(settings, log, db, where, include_resolved=include_resolved, after=after):
-        found.extend(chunk)
-        if len(found) > limit:
-            break
+    # one more than the page holds tells whether there is a next page
+    found = await _first(dlq_entries(settings, log, db, where, include_resolved=include_resolved, after=after),
+                         limit + 1)
     page, next_cursor = page_of(found, limit, lambda e: (e.record.partition, e.record.offset))
     return Page([e.summary() for e in page], next_cursor)
+
+
+async def _first(chunks: AsyncIterator[list[DlqEntry]], count: int | None) -> list[DlqEntry]:
+    """The entries of `chunks` until at least `count` are in (all of them for None): the log is read no further."""
+    found: list[DlqEntry] = []
+    async for chunk in chunks:
+        found.extend(chunk)
+        if count is not None and len(found) >= count:
+            break
+    return found
 
 
 def parse_coordinate(text: str) -> tuple[int, int]:
