@@ -274,19 +274,9 @@ class Applier:
     @staticmethod
     def _notice(notice: Inbound, writes: Writes, result: BatchResult) -> None:
         """An `expiring` notice: a history row, no state change."""
+        sandbox_id = str(notice.sandbox_id)
         writes.history.append(
-            HistoryRow(
-                sandbox_id=str(notice.sandbox_id),
-                kind="notice",
-                from_state=None,
-                to_state=None,
-                observed=None,
-                sequence=None,
-                event_id=notice.event_id,
-                event_type=notice.type,
-                reason="expiring soon",
-                occurred_at=notice.created,
-            )
+            HistoryRow.note(sandbox_id, "notice", notice.event_id, notice.type, "expiring soon", notice.created)
         )
         writes.processed.append(ProcessedRow(notice.event_id, notice.type, notice.sandbox_id, "notice"))
         result.outcomes["notice"] += 1
@@ -349,21 +339,9 @@ class Applier:
             detail = (
                 f"{repair}: applied {event.type} {event.event_id} of account {event.account} (its webhook was lost)"
             )
-            for row in matched:
-                writes.history.append(
-                    HistoryRow(
-                        sandbox_id=row.id,
-                        kind="repair",
-                        from_state=None,
-                        to_state=None,
-                        observed=None,
-                        sequence=None,
-                        event_id=event.event_id,
-                        event_type=event.type,
-                        reason=detail,
-                        occurred_at=event.created,
-                    )
-                )
+            writes.history.extend(
+                HistoryRow.note(row.id, "repair", event.event_id, event.type, detail, event.created) for row in matched
+            )
             result.repairs.extend(Repair(row.id, "flag", detail) for row in matched)
             if not matched:
                 result.repairs.append(Repair(None, "flag", f"{detail}; no sandbox has this account yet"))

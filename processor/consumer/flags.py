@@ -114,16 +114,5 @@ def set_flag(
                 row.dirty = True
                 row.last_event_id = event_id
         writes.history.append(
-            HistoryRow(
-                sandbox_id=row.id,
-                kind="flag",
-                from_state=None,
-                to_state=None,
-                observed=None,
-                sequence=None,
-                event_id=event_id,
-                event_type=event_type,
-                reason=f"{reason} (account {account}){suffix}",
-                occurred_at=created,
-            )
+            HistoryRow.note(row.id, "flag", event_id, event_type, f"{reason} (account {account}){suffix}", created)
         )

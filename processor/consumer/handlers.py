@@ -32,6 +32,13 @@ class HistoryRow(NamedTuple):
     reason: str | None
     occurred_at: datetime
 
+    @classmethod
+    def note(
+        cls, sandbox_id: str, kind: str, event_id: str, event_type: str, reason: str, occurred_at: datetime
+    ) -> HistoryRow:
+        """A line that changes no state (a notice, a flag, a flag's repair): what happened, and which event said so."""
+        return cls(sandbox_id, kind, None, None, None, None, event_id, event_type, reason, occurred_at)
+
 
 class ProcessedRow(NamedTuple):
     """A Stripe event applied (its id makes a redelivery a no-op)."""
