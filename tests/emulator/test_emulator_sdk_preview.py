@@ -12,10 +12,8 @@ REPO = Path(__file__).resolve().parents[2]
 SUITE = REPO / "tests" / "emulator" / "sdk"
 #: the preview SDK cannot share a venv with the processor's stable `stripe`; see tests/emulator/sdk/pytest.ini
 PREVIEW_PYTHON = Path(os.environ.get("SDK_PREVIEW_PYTHON", REPO / ".venv-sdkpreview" / "bin" / "python"))
-CREATE_VENV = (
-    "python3 -m venv .venv-sdkpreview && .venv-sdkpreview/bin/pip install 'stripe==16.1.0a4' "
-    "starlette uvicorn httpx pytest pytest-asyncio pytest-timeout"
-)
+#: what `make sdk-preview` does (the Makefile pins the versions)
+CREATE_VENV = "make sdk-preview"
 EXPECTED_CHECKS = 7
 
 
