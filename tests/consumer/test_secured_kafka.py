@@ -28,6 +28,7 @@ from processor.dev.kafka_security import Acl, BrokerSecurity
 from processor.eventlog.base import TopicPartition
 from processor.eventlog.kafka.acls import Permission, merged
 from processor.eventlog.kafka.log import KafkaEventLog
+from processor.eventlog.kafka.outage import TRACKER
 from processor.ingress.app import build_app
 from processor.ingress.signature import sign
 from processor.runtime.serving import serving
@@ -182,13 +183,17 @@ async def refused_then_redelivered(broker: KafkaBroker, bad: Mapping[str, str], 
 async def test_wrong_password_is_named_and_no_delivery_is_acknowledged(
     secured: KafkaBroker, platform_topics: None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A wrong SASL password: the log says authentication failed and which variables to check; 503, not 200."""
+    """A wrong SASL password: the log says authentication failed and which variables to check; 503, not 200.
+    The client's connection errors are not called an outage: the broker is there and refuses it."""
     good = scram_env(secured, "pw.")
-    with caplog.at_level(logging.ERROR, logger="processor.ingress"):
+    TRACKER.down_since = None  # process-wide: an earlier test's outage is not this one's
+    with caplog.at_level(logging.ERROR, logger="processor.ingress"), \
+            caplog.at_level(logging.WARNING, logger="processor.eventlog.kafka.outage"):
         await refused_then_redelivered(secured, {**good, "PROCESSOR_KAFKA_SASL_PASSWORD": "not-the-password"},
                                        good, DELIVERIES)
     assert "SASL authentication as 'processor' with SCRAM-SHA-512 failed" in caplog.text
     assert "PROCESSOR_KAFKA_SASL_PASSWORD" in caplog.text
+    assert "Kafka refuses this client" in caplog.text and "Kafka is unreachable" not in caplog.text
     assert "not-the-password" not in caplog.text and security(secured).passwords["processor"] not in caplog.text
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable
 
 import pytest
+from aiokafka.errors import SaslAuthenticationFailed
 from prometheus_client.parser import text_string_to_metric_families
 
 from processor import constants as c
@@ -111,3 +113,26 @@ async def test_a_port_that_accepts_while_clients_still_fail_is_not_back(caplog: 
     lines = [r.getMessage() for r in caplog.records if r.name == "processor.eventlog.kafka.outage"]
     assert len(lines) == 2 and lines[1].startswith("Kafka is reachable again"), lines
     assert outage.outages == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        SaslAuthenticationFailed("Authentication failed during authentication due to invalid credentials"),
+        ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"),
+    ],
+    ids=["sasl", "tls"],
+)
+def test_a_broker_refusing_the_client_is_not_called_unreachable(
+    caplog: pytest.LogCaptureFixture, error: Exception
+) -> None:
+    """A wrong password or an untrusted certificate fails every connection as an outage does, but the broker is
+    there: the one line says it refuses this client and where to look, with aiokafka's words for why."""
+    outage = BrokerOutage()
+    caplog.set_level(logging.WARNING, logger="processor.eventlog.kafka.outage")
+    record = logging.LogRecord("aiokafka", logging.ERROR, __file__, 0, 'Unable connect to "%s:%s": %s',
+                               ("127.0.0.1", 9093, error), None)
+    assert outage.filter(record) is False
+    lines = [r.getMessage() for r in caplog.records if r.name == "processor.eventlog.kafka.outage"]
+    assert len(lines) == 1 and lines[0].startswith("Kafka refuses this client (check its TLS and SASL settings"), lines
+    assert str(error) in lines[0]

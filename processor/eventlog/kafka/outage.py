@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Iterator, Sequence
 
@@ -41,6 +42,10 @@ CONNECTION_ERRORS = (
 #: itself right after start-up reports GroupCoordinatorNotAvailable with the same words)
 NODE_ERRORS = ("Group Coordinator Request failed", "Heartbeat send request failed", "Got error produce response")
 NOT_REACHABLE = ("NodeNotReadyError", "KafkaConnectionError")
+#: errors of a broker that answers but will not take this client: a TLS handshake it failed (an ssl.SSLError) or
+#: SASL credentials it refused; by name, so this module needs no aiokafka import
+REFUSALS = ("SaslAuthenticationFailed", "AuthenticationFailedError", "UnsupportedSaslMechanismError",
+            "IllegalSaslStateError")
 PROBE_INTERVAL_S = 1.0
 PROBE_TIMEOUT_S = 2.0
 
@@ -68,8 +73,10 @@ class BrokerOutage(logging.Filter):
             self.down_since = time.monotonic()
             self.outages += 1
             log.warning(
-                "Kafka is unreachable: %s; further connection errors are counted"
-                " (processor_kafka_connection_errors_total), not logged, until it is back",
+                "%s: %s; further connection errors are counted (processor_kafka_connection_errors_total), not"
+                " logged, until it is back",
+                "Kafka refuses this client (check its TLS and SASL settings, PROCESSOR_KAFKA_*)" if _refusal(record)
+                else "Kafka is unreachable",
                 record.getMessage(),
             )
         self._ensure_probe()
@@ -125,6 +132,12 @@ def _connection_error(record: logging.LogRecord) -> bool:
     if record.msg.startswith(CONNECTION_ERRORS):
         return True
     return record.msg.startswith(NODE_ERRORS) and any(name in record.getMessage() for name in NOT_REACHABLE)
+
+
+def _refusal(record: logging.LogRecord) -> bool:
+    """Whether the error aiokafka logged (an argument of its record) is the broker refusing us, not its absence."""
+    args = record.args if isinstance(record.args, tuple) else ()
+    return any(isinstance(arg, ssl.SSLError) or type(arg).__name__ in REFUSALS for arg in args)
 
 
 class OutageCollector(Collector):
