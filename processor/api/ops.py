@@ -100,8 +100,8 @@ async def post_replay(ops: Ops, request: Request) -> Response:
     for moment in (replay_request.since, replay_request.until):
         if moment is not None:
             parse_moment(moment, now)  # ValueError -> 400 now rather than a failed job later
-    job = ops.jobs.start_replay(replay_request, dry_run=given.flag(body, "dry_run"),
-                                run_id=given.text(body, "run_id"))
+    job = await ops.jobs.start_replay(replay_request, dry_run=given.flag(body, "dry_run"),
+                                      run_id=given.text(body, "run_id"))
     return _started(job, f"/v1/ops/replays/{quote(job.id, safe='')}")
 
 
@@ -121,9 +121,9 @@ def _run_view(run: ReplayRun) -> dict[str, Any]:
 
 
 async def get_replays(ops: Ops, request: Request) -> Response:
-    """This process's replay jobs (dry runs included), then the runs of the table no job here stands for."""
+    """The replay jobs of every replica (dry runs included), then the runs of the table no job stands for."""
     limit = parse_limit(request.query_params.get("limit"), DEFAULT_RUNS_PAGE)
-    local = [job.as_dict() for job in ops.jobs.jobs("replay")]
+    local = [job.as_dict() for job in await ops.jobs.jobs("replay")]
     known = {job["id"] for job in local}
     runs = [_run_view(run) for run in await list_replay_runs(ops.db, limit=limit) if run.run_id not in known]
     return json_response(Page((local + runs)[:limit], None).as_dict())
@@ -131,7 +131,7 @@ async def get_replays(ops: Ops, request: Request) -> Response:
 
 async def get_replay(ops: Ops, request: Request) -> Response:
     run_id = request.path_params["run_id"]
-    job = ops.jobs.get(run_id)
+    job = await ops.jobs.get(run_id)
     if job is not None and job.kind == "replay":
         return json_response(job.as_dict())
     found = await list_replay_runs(ops.db, run_id=run_id, limit=1) if "\x00" not in run_id else []
@@ -143,18 +143,18 @@ async def get_replay(ops: Ops, request: Request) -> Response:
 async def post_dlq_purge(ops: Ops, request: Request) -> Response:
     body = await given.json_body(request)
     coordinates = given.purge_coordinates(body)
-    job = ops.jobs.start_purge(given.dlq_filter(body), coordinates)
+    job = await ops.jobs.start_purge(given.dlq_filter(body), coordinates)
     return _started(job, f"/v1/ops/jobs/{quote(job.id, safe='')}")
 
 
 async def get_jobs(ops: Ops, request: Request) -> Response:
-    return json_response(Page([job.as_dict() for job in ops.jobs.jobs()], None).as_dict())
+    return json_response(Page([job.as_dict() for job in await ops.jobs.jobs()], None).as_dict())
 
 
 async def get_job(ops: Ops, request: Request) -> Response:
-    job = ops.jobs.get(request.path_params["job_id"])
+    job = await ops.jobs.get(request.path_params["job_id"])
     if job is None:
-        return problem(404, "not_found", "No such job in this process (finished jobs are kept for a while).")
+        return problem(404, "not_found", "No such job (finished jobs are kept for a while).")
     return json_response(job.as_dict())
 
 
@@ -163,7 +163,7 @@ async def post_reconcile(ops: Ops, request: Request) -> Response:
         raise BadRequest("no Stripe client is configured")
     body = await given.json_body(request)
     age_text = given.text(body, "age")
-    job = ops.jobs.start_reconcile(
+    job = await ops.jobs.start_reconcile(
         age=parse_duration(age_text) if age_text else DEFAULT_AGE,
         dry_run=given.flag(body, "dry_run"),
         discover=body.get("discover", True) is not False,

@@ -22,8 +22,8 @@ from processor.db.pool import Database
 from processor.dev.emulator.config import EmulatorConfig
 from processor.dev.emulator.runner import running_emulator
 from processor.eventlog.postgres.log import PostgresEventLog
-from processor.operations.jobs import MAX_RUNNING_JOBS
-from processor.operations.replay import list_replay_runs
+from processor.operations.jobs import MAX_RUNNING_JOBS, OperatorJobs
+from processor.operations.replay import ReplayRequest, list_replay_runs
 from processor.runtime.service import build_http_app
 from processor.runtime.serving import serving
 from processor.settings import Secret, Settings
@@ -193,20 +193,68 @@ async def test_shutdown_stops_running_jobs_and_marks_them_interrupted(
 
             await wait_for(holds_its_lock, "the replay to take its run lock")
         # the server has shut down, the gate is still held: the job did not end by itself
-        job = app.app.state.operator_jobs.get(run_id)
+        job = await app.app.state.operator_jobs.get(run_id)
         assert job is not None and job.status == "interrupted"
         assert [run.status for run in await list_replay_runs(database, run_id=run_id)] == ["interrupted"]
-        late = await_refused(app)
+        # and so every other replica reads it
+        other = OperatorJobs(app.settings, app.log, database, None)
+        seen = await other.get(run_id)
+        assert seen is not None and (seen.status, seen.error) == ("interrupted", None)
+        late = await refused(app)
     assert late == "shutting_down"
 
 
-def await_refused(app: Served) -> str:
+async def refused(app: Served) -> str:
     """The code of the error a job started after shutdown raises."""
     from processor.operations.jobs import ShuttingDown
     from processor.operations.replay import ReplayRequest
 
     try:
-        app.app.state.operator_jobs.start_replay(ReplayRequest("dlq"))
+        await app.app.state.operator_jobs.start_replay(ReplayRequest("dlq"))
     except ShuttingDown as exc:
         return exc.code
     return "started"
+
+
+async def test_any_replica_answers_for_a_job_another_runs(app: Served, pg_dsn: str, database: Database) -> None:
+    """Behind a load balancer the poll of a job lands on any replica: a second app on the same database shows
+    the first one's purge running, then its result, lists it, and refuses a second reconcile pass while the
+    first one's runs."""
+    async with StripeApi(app.settings) as stripe:
+        second = dataclasses.replace(app, app=build_http_app(app.settings, app.log, database, stripe))
+        async with client(app) as first_http, client(second) as second_http:
+            async with gate(pg_dsn):
+                started = await first_http.post("/v1/ops/dlq/purge", json={"confirm": True})
+                assert started.status_code == 202, started.text
+                location = started.headers["location"]
+                seen = await second_http.get(location)
+                assert (seen.status_code, seen.json()["status"]) == (200, "running"), seen.text
+            ended = await finished(second_http, location)
+            assert (ended["status"], ended["result"]) == ("finished", {"purged": 0, "deleted_from_log": True})
+            assert [job["id"] for job in (await second_http.get("/v1/ops/jobs")).json()["data"]] == [ended["id"]]
+            async with gate(pg_dsn, "reconcile_cursors"):
+                started = await first_http.post("/v1/ops/reconcile", json={"dry_run": True, "age": "0s"})
+                assert started.status_code == 202, started.text
+                again = await second_http.post("/v1/ops/reconcile", json={"dry_run": True})
+                assert (again.status_code, again.json()["code"]) == (409, "reconcile_in_progress")
+            assert (await finished(second_http, started.headers["location"]))["status"] == "finished"
+
+
+async def test_a_job_whose_process_is_gone_is_shown_interrupted_and_can_run_again(
+    app: Served, database: Database
+) -> None:
+    """A replica killed mid-job (SIGKILL, a lost machine) never marks its job ended: once its heartbeat is older
+    than the limit the job reads as interrupted, and its run id can be started again."""
+    jobs = OperatorJobs(app.settings, app.log, database, None, stale_after_s=5)
+    async with database.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO operator_jobs (id, kind, params, status, started_at, heartbeat_at)"
+            " VALUES ('replay-dlq-gone', 'replay', '{}', 'running', now() - interval '1 hour',"
+            " now() - interval '6 seconds')")
+    lost = await jobs.get("replay-dlq-gone")
+    assert lost is not None and (lost.status, lost.error) == (
+        "interrupted", {"code": "process_lost", "message": "the process running this job stopped without ending it"})
+    job = await jobs.start_replay(ReplayRequest("dlq"), run_id="replay-dlq-gone")
+    assert job.task is not None
+    await job.task
+    assert (job.status, (await jobs.get("replay-dlq-gone")).status) == ("finished", "finished")  # type: ignore[union-attr]

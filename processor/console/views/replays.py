@@ -28,7 +28,7 @@ async def dry_run_or_start(console: Console, request: Request, session: Session,
     """Step `dry` (the default): show what the replay would do and ask to confirm. Step `confirm`: start it in
     the background and go to its page. `fields` are posted again with the confirmation."""
     if form.get("step") == "confirm":
-        job = console.jobs.start_replay(replay_request, expected=int(form.get("expected") or 0) or None)
+        job = await console.jobs.start_replay(replay_request, expected=int(form.get("expected") or 0) or None)
         return RedirectResponse(f"{console_root(request)}/replays/{quote(job.id, safe='')}", 303)
     report = await replay(console.settings, console.log, console.db, replay_request, stripe=console.stripe,
                           dry_run=True)
@@ -46,7 +46,7 @@ def routes(console: Console) -> list[BaseRoute]:
 
     async def run(request: Request, session: Session) -> Response:
         run_id = request.path_params["run_id"]
-        job = console.jobs.get(run_id)
+        job = await console.jobs.get(run_id)
         found = await list_replay_runs(console.db, run_id=run_id, limit=1)
         if job is None and not found:
             return console.problem(request, session, 404, "No such replay run", f"Nothing is known of {run_id}.")
