@@ -18,6 +18,7 @@ jobs are kept for their result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -270,6 +271,8 @@ class OperatorJobs:
         finally:
             job.finished_at = datetime.now(UTC)
             heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat  # its last write is done (or undone) before the one that ends the job
             await self._save(job)
 
     async def _beat(self, job: Job) -> None:
@@ -279,13 +282,14 @@ class OperatorJobs:
             await self._save(job)
 
     async def _save(self, job: Job) -> None:
-        """Write how `job` stands now. A database that does not answer costs only the other replicas' view of
-        it (and a later write puts it right): the job itself goes on, or has ended, either way."""
+        """Write how `job` stands now, onto its running row only: a write that comes late changes no ended job.
+        A database that does not answer costs only the other replicas' view of it (and a later write puts it
+        right): the job itself goes on, or has ended, either way."""
         try:
             async with self._db.pool.acquire() as conn:
                 await conn.execute(
                     "UPDATE operator_jobs SET status = $2, done = $3, expected = $4, result = $5::jsonb,"
-                    " error = $6::jsonb, finished_at = $7, heartbeat_at = now() WHERE id = $1",
+                    " error = $6::jsonb, finished_at = $7, heartbeat_at = now() WHERE id = $1 AND status = 'running'",
                     job.id, job.status, job.progress.done, job.progress.expected,
                     None if job.result is None else _json(job.result),
                     None if job.error is None else _json(job.error), job.finished_at)

@@ -7,6 +7,7 @@ reads it first), taken by the test's own connection, so "the job is still runnin
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from processor.db.pool import Database
 from processor.dev.emulator.config import EmulatorConfig
 from processor.dev.emulator.runner import running_emulator
 from processor.eventlog.postgres.log import PostgresEventLog
+from processor.operations.dlq import DlqFilter
 from processor.operations.jobs import MAX_RUNNING_JOBS, OperatorJobs
 from processor.operations.replay import ReplayRequest, list_replay_runs
 from processor.runtime.service import build_http_app
@@ -258,3 +260,21 @@ async def test_a_job_whose_process_is_gone_is_shown_interrupted_and_can_run_agai
     assert job.task is not None
     await job.task
     assert (job.status, (await jobs.get("replay-dlq-gone")).status) == ("finished", "finished")  # type: ignore[union-attr]
+
+
+async def test_a_long_job_keeps_its_heartbeat_and_reads_as_running_elsewhere(
+    app: Served, pg_dsn: str, database: Database
+) -> None:
+    """A job running longer than the heartbeat limit is not taken for lost: its process writes a heartbeat
+    while it runs, and another replica still reads it as running."""
+    jobs = OperatorJobs(app.settings, app.log, database, None, heartbeat_s=0.2, stale_after_s=2)
+    elsewhere = OperatorJobs(app.settings, app.log, database, None, stale_after_s=2)
+    async with gate(pg_dsn):
+        job = await jobs.start_purge(DlqFilter())
+        await asyncio.sleep(3)  # past the limit: without a heartbeat the row would read as lost by now
+        seen = await elsewhere.get(job.id)
+        assert seen is not None and (seen.status, seen.error) == ("running", None)
+    assert job.task is not None
+    await job.task
+    seen = await elsewhere.get(job.id)
+    assert seen is not None and (seen.status, seen.result) == ("finished", {"purged": 0, "deleted_from_log": True})
