@@ -176,6 +176,8 @@ class OperatorJobs:
         """The job `job_id` of any process (None if there is none)."""
         if (job := self._jobs.get(job_id)) is not None:
             return job
+        if "\x00" in job_id:  # PostgreSQL text cannot hold it, so no job's id has one (and asking would fail)
+            return None
         rows = await self._fetch(_SELECT + " WHERE id = $2", self._stale_after_s, job_id)
         return _job_of(rows[0]) if rows else None
 

@@ -253,6 +253,7 @@ async def test_a_job_whose_process_is_gone_is_shown_interrupted_and_can_run_agai
             "INSERT INTO operator_jobs (id, kind, params, status, started_at, heartbeat_at)"
             " VALUES ('replay-dlq-gone', 'replay', '{}', 'running', now() - interval '1 hour',"
             " now() - interval '6 seconds')")
+    assert await jobs.get("replay-\x00") is None  # no id holds a NUL; asked anyway, the database refused it
     lost = await jobs.get("replay-dlq-gone")
     assert lost is not None and (lost.status, lost.error) == (
         "interrupted", {"code": "process_lost", "message": "the process running this job stopped without ending it"})
