@@ -142,21 +142,24 @@ SELECT id, kind, params, status, done, expected, result, error, started_at, fini
     status = 'running' AND heartbeat_at < now() - make_interval(secs => $1) AS lost
 FROM operator_jobs"""
 
-#: a new job's row, unless its id is a job still running (and, with $7, unless a job of its kind is): the claim
-#: that makes "one at a time" hold across replicas
+#: a new job's row, unless its id is a job still running: the claim that makes "one at a time" hold across
+#: replicas (for reconcile passes, the unique index operator_jobs_one_reconcile refuses a second running row)
 _CLAIM = """
 INSERT INTO operator_jobs AS j (id, kind, params, status, expected, started_at, heartbeat_at)
-SELECT $2, $3, $4::jsonb, 'running', $5, $6, now()
-WHERE NOT $7 OR NOT EXISTS (
-    SELECT 1 FROM operator_jobs
-    WHERE kind = $3 AND status = 'running' AND heartbeat_at >= now() - make_interval(secs => $1)
-)
+VALUES ($2, $3, $4::jsonb, 'running', $5, $6, now())
 ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind, params = EXCLUDED.params, status = 'running', done = 0,
     expected = EXCLUDED.expected, result = NULL, error = NULL, started_at = EXCLUDED.started_at, finished_at = NULL,
     heartbeat_at = now()
 WHERE j.status <> 'running' OR j.heartbeat_at < now() - make_interval(secs => $1)
 RETURNING id
 """
+#: the running rows of a kind whose process died, ended: they would hold the one-at-a-time index forever
+_END_LOST = """
+UPDATE operator_jobs SET status = 'interrupted', error = $3::jsonb, finished_at = now()
+WHERE kind = $2 AND status = 'running' AND heartbeat_at < now() - make_interval(secs => $1)
+"""
+#: the error of a job whose process stopped writing its heartbeat
+_PROCESS_LOST = {"code": "process_lost", "message": "the process running this job stopped without ending it"}
 
 
 class OperatorJobs:
@@ -244,8 +247,7 @@ class OperatorJobs:
         if running >= self._limit:
             raise JobsBusy(f"{running} operator jobs are running in this process (the limit); "
                            "try again when one has ended")
-        claimed = await self._fetch(_CLAIM, self._stale_after_s, job.id, job.kind, _json(job.params),
-                                    job.progress.expected, job.started_at, one_of_kind)
+        claimed = await self._claim(job, one_of_kind)
         if not claimed and one_of_kind:
             raise ReconcileRunning("a reconcile pass is already running; follow it at /v1/ops/jobs")
         if not claimed:
@@ -255,6 +257,19 @@ class OperatorJobs:
         job.task = asyncio.create_task(self._run(job, work), name=f"operator job {job.id}")
         await self._forget_old()
         return job
+
+    async def _claim(self, job: Job, one_of_kind: bool) -> bool:
+        """Write `job`'s running row; False if a job of its id, or (`one_of_kind`) of its kind, runs anywhere."""
+        try:
+            async with self._db.pool.acquire() as conn:
+                if one_of_kind:
+                    await conn.execute(_END_LOST, self._stale_after_s, job.kind, _json(_PROCESS_LOST))
+                return bool(await conn.fetch(_CLAIM, self._stale_after_s, job.id, job.kind, _json(job.params),
+                                             job.progress.expected, job.started_at))
+        except asyncpg.UniqueViolationError:  # operator_jobs_one_reconcile: another pass runs
+            return False
+        except DATABASE_ERRORS as exc:
+            raise DatabaseUnavailable(f"cannot write operator jobs: {exc}") from exc
 
     async def _run(self, job: Job, work: Work) -> None:
         heartbeat = asyncio.create_task(self._beat(job), name=f"operator job {job.id} heartbeat")
@@ -333,7 +348,7 @@ def _job_of(row: asyncpg.Record) -> Job:
     status, error = row["status"], None if row["error"] is None else orjson.loads(row["error"])
     if row["lost"]:
         status = INTERRUPTED
-        error = {"code": "process_lost", "message": "the process running this job stopped without ending it"}
+        error = dict(_PROCESS_LOST)
     return Job(row["id"], row["kind"], orjson.loads(row["params"]), JobProgress(row["expected"], row["done"]),
                row["started_at"], status, None if row["result"] is None else orjson.loads(row["result"]), error,
                row["finished_at"])

@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 import pytest_asyncio
 from starlette.applications import Starlette
 
@@ -279,3 +281,25 @@ async def test_a_long_job_keeps_its_heartbeat_and_reads_as_running_elsewhere(
     await job.task
     seen = await elsewhere.get(job.id)
     assert seen is not None and (seen.status, seen.result) == ("finished", {"purged": 0, "deleted_from_log": True})
+
+
+async def test_one_reconcile_pass_runs_over_all_replicas_and_a_dead_one_does_not_block(
+    app: Served, database: Database
+) -> None:
+    """Two replicas asked for a pass at the same instant could both find none running and both start one: the
+    database itself refuses a second running pass. A pass whose process died is ended by the next claim (else
+    it would hold the place for ever), and reads as interrupted."""
+    async with database.pool.acquire() as conn:
+        insert = ("INSERT INTO operator_jobs (id, kind, params, status, started_at, heartbeat_at)"
+                  " VALUES ($1, 'reconcile', '{}', 'running', now(), now() - $2::interval)")
+        await conn.execute(insert, "reconcile-dead", timedelta(seconds=60))
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(insert, "reconcile-second", timedelta(0))
+    async with StripeApi(app.settings) as stripe:
+        jobs = OperatorJobs(app.settings, app.log, database, stripe, stale_after_s=30)
+        job = await jobs.start_reconcile(age=timedelta(0), dry_run=True, discover=False, limit=None)
+        assert job.task is not None
+        await job.task
+        dead = await jobs.get("reconcile-dead")
+        assert job.status == "finished" and dead is not None and (dead.status, dead.error["code"]) == (  # type: ignore[index]
+            "interrupted", "process_lost")

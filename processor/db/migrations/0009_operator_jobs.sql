@@ -16,3 +16,8 @@ CREATE TABLE IF NOT EXISTS operator_jobs (
     heartbeat_at timestamptz NOT NULL
 );
 CREATE INDEX IF NOT EXISTS operator_jobs_started_at ON operator_jobs (started_at DESC);
+-- At most one reconcile pass runs, over all replicas (a second would work through the same pass's cursor): the
+-- database refuses the second claim however close together two replicas ask. A pass whose process died is
+-- marked interrupted by the next claim, so it does not hold this forever.
+CREATE UNIQUE INDEX IF NOT EXISTS operator_jobs_one_reconcile ON operator_jobs (kind)
+    WHERE kind = 'reconcile' AND status = 'running';
