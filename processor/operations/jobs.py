@@ -1,4 +1,5 @@
-"""Operator jobs that outlast an HTTP request: replays and DLQ purges run in the background of a serving process.
+"""Operator jobs that outlast an HTTP request: replays, DLQ purges and reconcile passes run in the background of a
+serving process.
 
 A replay or purge reads the whole log or DLQ; on a large log that takes minutes, longer than any client or
 proxy waits for an answer. So the operator API and the console start a job and answer at once with its id;
@@ -300,8 +301,9 @@ class OperatorJobs:
 
     async def _save(self, job: Job) -> None:
         """Write how `job` stands now, onto its running row only: a write that comes late changes no ended job.
-        A database that does not answer costs only the other replicas' view of it (and a later write puts it
-        right): the job itself goes on, or has ended, either way."""
+        A database that does not answer costs only the other replicas' view of it (the next heartbeat puts it
+        right; a lost last write leaves them reading the job as interrupted once its heartbeat is old): the job
+        itself goes on, or has ended, either way, and this process answers for it as it is."""
         try:
             async with self._db.pool.acquire() as conn:
                 await conn.execute(
@@ -322,13 +324,18 @@ class OperatorJobs:
             raise DatabaseUnavailable(f"cannot read operator jobs: {exc}") from exc
 
     async def _forget_old(self) -> None:
-        """Keep the newest `keep` ended jobs, here and in the table."""
+        """Keep the newest `keep` ended jobs, here and in the table (housekeeping: the job has started either way,
+        and the next start deletes what this one could not)."""
         ended = [job_id for job_id, job in self._jobs.items() if not job.running]
         for job_id in ended[: max(0, len(ended) - self._keep)]:
             del self._jobs[job_id]
-        await self._fetch(
-            "DELETE FROM operator_jobs WHERE id IN (SELECT id FROM operator_jobs WHERE status <> 'running'"
-            " ORDER BY started_at DESC OFFSET $1) RETURNING id", self._keep)
+        try:
+            async with self._db.pool.acquire() as conn:
+                await conn.execute(
+                    "DELETE FROM operator_jobs WHERE id IN (SELECT id FROM operator_jobs WHERE status <> 'running'"
+                    " ORDER BY started_at DESC OFFSET $1)", self._keep)
+        except DATABASE_ERRORS as exc:
+            log.warning("old operator jobs not deleted: %s: %s", type(exc).__name__, exc)
 
     async def stop(self) -> None:
         """Start no more jobs, cancel the running ones (they are marked interrupted) and wait for them to end."""

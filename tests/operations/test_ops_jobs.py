@@ -303,3 +303,18 @@ async def test_one_reconcile_pass_runs_over_all_replicas_and_a_dead_one_does_not
         dead = await jobs.get("reconcile-dead")
         assert job.status == "finished" and dead is not None and (dead.status, dead.error["code"]) == (  # type: ignore[index]
             "interrupted", "process_lost")
+
+
+async def test_only_the_newest_ended_jobs_are_kept(app: Served, database: Database) -> None:
+    """The table keeps the newest `keep` ended jobs (and every running one); older ones are gone for every
+    replica."""
+    jobs = OperatorJobs(app.settings, app.log, database, None, keep=1)
+    started = []
+    for _ in range(3):
+        job = await jobs.start_purge(DlqFilter())
+        assert job.task is not None
+        await job.task
+        started.append(job.id)
+    elsewhere = OperatorJobs(app.settings, app.log, database, None)
+    assert [job.id for job in await elsewhere.jobs()] == [started[2], started[1]]
+    assert await elsewhere.get(started[0]) is None
