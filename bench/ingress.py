@@ -45,10 +45,14 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import orjson
 import psutil
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaProducer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -81,10 +85,22 @@ def noop_app() -> object:
     return Starlette(routes=[Route(PATH, webhook, methods=["POST"])])
 
 
+async def started_producer(bootstrap: str) -> AIOKafkaProducer:
+    """The stock AIOKafkaProducer with the ingress's guarantees (idempotent, acks=all), started; with the same
+    PROCESSOR_KAFKA_* security settings as the processor, for a secured --bootstrap cluster."""
+    from aiokafka import AIOKafkaProducer
+
+    from processor.settings import Settings
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all",
+                                **Settings.from_env().kafka_security.client_options())
+    await producer.start()
+    return producer
+
+
 def textbook_app() -> object:
     """Stripe's sample handler with a synchronous Kafka produce, as in kafka-python `send(...).get()`."""
     import stripe
-    from aiokafka import AIOKafkaProducer
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
@@ -95,16 +111,7 @@ def textbook_app() -> object:
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
 
-    async def make() -> AIOKafkaProducer:
-        from processor.settings import Settings
-
-        # the same PROCESSOR_KAFKA_* security settings as the processor, for a secured --bootstrap cluster
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all",
-                                    **Settings.from_env().kafka_security.client_options())
-        await producer.start()
-        return producer
-
-    producer = asyncio.run_coroutine_threadsafe(make(), loop).result()
+    producer = asyncio.run_coroutine_threadsafe(started_producer(bootstrap), loop).result()
 
     async def webhook(request: Request) -> Response:
         payload = await request.body()
@@ -123,22 +130,17 @@ def produce_only_app() -> object:
     """(d), with --ceiling: the no-op endpoint plus the one thing the ingress may not skip, publishing the body to
     the stock AIOKafkaProducer (idempotent, acks=all) and awaiting the ack, keyed as the ingress keys it; no
     signature, no limits, no log, no metrics. What any ingress built on the stock producer can reach here."""
-    from aiokafka import AIOKafkaProducer
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.routing import Route
-
-    from processor.settings import Settings
 
     bootstrap, topic = os.environ["BENCH_BOOTSTRAP"], os.environ["BENCH_TOPIC"]
     producers: list[AIOKafkaProducer] = []
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all",
-                                    **Settings.from_env().kafka_security.client_options())
-        await producer.start()
+        producer = await started_producer(bootstrap)
         producers.append(producer)
         try:
             yield
